@@ -1,0 +1,23 @@
+"""Run configuration: typed fields, presets, overrides, validation (no JAX imports here)."""
+
+from .fields import FIELDS, PRECOND_KEYS, SAM_KEYS, RunConfig
+from .presets import apply_overrides, build_config, list_presets, load_preset, parse_overrides, presets_dir, resolve
+from .schedule_families import SCHEDULE_FAMILIES, SCHEDULE_KEYS
+from .validate import ConfigError
+
+__all__ = [
+    "FIELDS",
+    "PRECOND_KEYS",
+    "SAM_KEYS",
+    "RunConfig",
+    "ConfigError",
+    "SCHEDULE_FAMILIES",
+    "SCHEDULE_KEYS",
+    "apply_overrides",
+    "build_config",
+    "list_presets",
+    "load_preset",
+    "parse_overrides",
+    "presets_dir",
+    "resolve",
+]

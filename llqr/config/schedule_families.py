@@ -1,0 +1,65 @@
+"""Schedule families and their parameters (pure data; no JAX).
+
+A schedule setting is a mapping ``{"name": <family>, <param>: <value>, ...}``. Switching the
+family (``lr_scheduler=inverse_sqrt``) resets the parameters to that family's defaults, as
+a Hydra group switch does in the original runner. Epoch-valued parameters are multiplied by
+steps-per-epoch when the schedule is built (``llqr.train.schedules``).
+"""
+
+from __future__ import annotations
+
+# family -> {param: (default, kind)}; kind in {"float", "int", "bool", "float?", "list", "dict"}
+SCHEDULE_FAMILIES: dict[str, dict[str, tuple[object, str]]] = {
+    "constant": {},
+    "cosine_annealing": {"t_max": (200.0, "float"), "eta_min": (0.0, "float"), "cycle": (True, "bool")},
+    "cosine_decay_with_floor": {"t_max": (200.0, "float"), "eta_min": (0.0, "float")},
+    "warmup_cosine_decay": {
+        "init_value": (1e-5, "float"),
+        "warmup_epochs": (5.0, "float"),
+        "t_max": (200.0, "float"),
+        "eta_min": (0.0, "float"),
+    },
+    "step_warmup": {"ratio": (1e-4, "float"), "init_value": (0.0, "float")},
+    "linear": {"factor": (0.01, "float"), "transition_epochs": (2.0, "float"), "transition_begin": (0.0, "float")},
+    "piecewise_constant": {"boundaries_and_scales": ({}, "dict")},
+    "warmup_piecewise_decay": {
+        "boundaries": ([30, 70, 90], "list"),
+        "factor": (0.1, "float"),
+        "warmup_ratio": (0.05, "float"),
+        "init_value": (1e-6, "float"),
+    },
+    "inverse_sqrt": {"warmup_steps": (4000, "int"), "init_value": (0.0, "float")},
+    "cosine_ramp_step_increase": {
+        "init_value": (0.005, "float"),
+        "target": (None, "float?"),
+        "ramp_start": (4000, "int"),
+        "ramp_end": (150000, "int"),
+        "step_start": (200000, "int"),
+        "step_every": (50000, "int"),
+        "step_delta": (0.05, "float"),
+    },
+}
+
+SCHEDULE_KEYS = (
+    "lr_scheduler",
+    "precond_lr_scheduler",
+    "ema_scheduler",
+    "precond_update_scheduler",
+    "perturbation_rho_scheduler",
+)
+
+
+def default_schedule(name: str) -> dict:
+    """The family's parameter defaults, with ``name`` first (deep-copied)."""
+    out: dict = {"name": name}
+    for param, (default, _kind) in SCHEDULE_FAMILIES[name].items():
+        out[param] = _copy(default)
+    return out
+
+
+def _copy(value):
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    return value

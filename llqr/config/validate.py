@@ -1,0 +1,210 @@
+"""Coercion and validation of run-config values, with errors that say how to fix them."""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+from .fields import FIELDS
+from .schedule_families import SCHEDULE_FAMILIES, default_schedule
+
+
+class ConfigError(ValueError):
+    """A configuration problem, detected before any training starts."""
+
+
+def suggest(word: str, candidates) -> str:
+    """' (did you mean X?)' when something close exists, else ''."""
+    names = [str(c) for c in candidates if c is not None]
+    close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
+    if not close and len(str(word)) >= 3:
+        close = [n for n in names if n.startswith(str(word))][:1]
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown_key(key: str, where: str = "run config") -> ConfigError:
+    return ConfigError(f"unknown key '{key}' in {where}{suggest(key, FIELDS)}")
+
+
+def _fmt(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _bad(key: str, value, why: str) -> ConfigError:
+    return ConfigError(f"key '{key}': bad value {_fmt(value)}: {why}")
+
+
+def _as_float(key, value):
+    if isinstance(value, bool):
+        raise _bad(key, value, "expected a number, got a boolean")
+    if isinstance(value, (int, float)):
+        out = float(value)
+    elif isinstance(value, str):
+        try:
+            out = float(value)  # YAML 1.1 reads '1e-3' as a string
+        except ValueError:
+            raise _bad(key, value, "expected a number") from None
+    else:
+        raise _bad(key, value, f"expected a number, got {type(value).__name__}")
+    if not math.isfinite(out):
+        raise _bad(key, value, "must be finite")
+    return out
+
+
+def _as_int(key, value):
+    if isinstance(value, bool):
+        raise _bad(key, value, "expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return _as_int(key, float(value)) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    raise _bad(key, value, "expected an integer")
+
+
+def _as_bool(key, value):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "yes", "no"):
+        return value.lower() in ("true", "on", "yes")
+    raise _bad(key, value, "expected true or false")
+
+
+def _as_str(key, value):
+    if isinstance(value, str):
+        return value
+    raise _bad(key, value, f"expected a string, got {type(value).__name__}")
+
+
+_SCALAR = {"float": _as_float, "int": _as_int, "bool": _as_bool, "str": _as_str}
+
+
+def coerce_value(key: str, value):
+    """Return ``value`` converted to the type of field ``key``; raise ConfigError if it cannot be."""
+    if key not in FIELDS:
+        raise unknown_key(key)
+    meta = FIELDS[key].metadata
+    kind = meta["kind"]
+    if kind == "schedule":
+        return coerce_schedule(key, value)
+    if value is None:
+        if meta["nullable"] or (meta["choices"] and None in meta["choices"]):
+            return None
+        raise _bad(key, value, "may not be null")
+    if kind.startswith("list["):
+        inner = kind[5:-1]
+        if isinstance(value, str) and kind == "list[str]":
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise _bad(key, value, f"expected a list of {inner}")
+        out = [_SCALAR[inner](key, v) for v in value]
+    else:
+        out = _SCALAR[kind](key, value)
+    _check_range(key, out, meta)
+    return out
+
+
+def _check_range(key, value, meta):
+    choices = meta["choices"]
+    if choices is not None and value not in choices:
+        allowed = ", ".join("null" if c is None else str(c) for c in choices)
+        raise _bad(key, value, f"allowed values are {allowed}{suggest(value, choices)}")
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, str):
+            continue
+        if meta["minimum"] is not None and v < meta["minimum"]:
+            raise _bad(key, value, f"must be >= {meta['minimum']}")
+        if meta["maximum"] is not None and v > meta["maximum"]:
+            raise _bad(key, value, f"must be <= {meta['maximum']}")
+        if meta["gt"] is not None and v <= meta["gt"]:
+            raise _bad(key, value, f"must be > {meta['gt']}")
+
+
+def coerce_schedule(key: str, value) -> dict:
+    """Validate a schedule setting: a family name or a mapping with ``name`` and parameters."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or "name" not in value:
+        raise _bad(key, value, "expected a schedule name or a mapping with a 'name' key")
+    name = value["name"]
+    if name not in SCHEDULE_FAMILIES:
+        allowed = ", ".join(SCHEDULE_FAMILIES)
+        raise _bad(f"{key}.name", name, f"allowed values are {allowed}{suggest(name, SCHEDULE_FAMILIES)}")
+    out = default_schedule(name)
+    params = SCHEDULE_FAMILIES[name]
+    for param, raw in value.items():
+        if param == "name":
+            continue
+        if param not in params:
+            hint = suggest(param, params)
+            known = ", ".join(params) or "none"
+            raise ConfigError(f"unknown key '{key}.{param}' for schedule '{name}' (its keys: {known}){hint}")
+        out[param] = _coerce_schedule_param(f"{key}.{param}", raw, params[param][1])
+    _check_schedule(key, out)
+    return out
+
+
+def _coerce_schedule_param(key, raw, kind):
+    if kind == "float?":
+        return None if raw is None else _as_float(key, raw)
+    if kind == "list":
+        if not isinstance(raw, (list, tuple)):
+            raise _bad(key, raw, "expected a list of numbers")
+        return [_as_float(key, v) for v in raw]
+    if kind == "dict":
+        if not isinstance(raw, dict):
+            raise _bad(key, raw, "expected a mapping {epoch: scale}")
+        return {_as_float(key, k): _as_float(key, v) for k, v in raw.items()}
+    return _SCALAR[kind](key, raw)
+
+
+def _check_schedule(key, sched):
+    for param in ("t_max", "warmup_steps", "transition_epochs", "step_every"):
+        if param in sched and sched[param] <= 0:
+            raise _bad(f"{key}.{param}", sched[param], "must be > 0")
+    if sched["name"] == "warmup_piecewise_decay":
+        bounds = sched["boundaries"]
+        if bounds != sorted(bounds):
+            raise _bad(f"{key}.boundaries", bounds, "must be increasing")
+        if not 0 <= sched["warmup_ratio"] < 1:
+            raise _bad(f"{key}.warmup_ratio", sched["warmup_ratio"], "must be in [0, 1)")
+    if sched["name"] == "cosine_ramp_step_increase" and sched["ramp_end"] <= sched["ramp_start"]:
+        raise _bad(f"{key}.ramp_end", sched["ramp_end"], "must be > ramp_start")
+
+
+def check_combinations(cfg: dict) -> None:
+    """Cross-key rules that the reference enforces (or that would silently misbehave)."""
+    sam = cfg["sam_mode"]
+    if sam in ("base_sam", "base_fsam", "past_fsam", "asam"):
+        if cfg["sam_use_preconditioner_on_update"] and not cfg["use_preconditioner"]:
+            raise ConfigError(
+                f"sam_mode={sam} with sam_use_preconditioner_on_update=true needs use_preconditioner=true; "
+                "set sam_use_preconditioner_on_update=false for the LLQR-off toggle"
+            )
+    if sam in ("asam", "fisher_sam"):
+        if cfg["perturb_mode"] != "ema_grad":
+            raise ConfigError(f"sam_mode={sam} requires perturb_mode=ema_grad (got {cfg['perturb_mode']})")
+        if cfg["norm_mode"] != "euclidean":
+            raise ConfigError(f"sam_mode={sam} requires norm_mode=euclidean (got {cfg['norm_mode']})")
+    if cfg["llqr_batch_update_mode"] == "chunked_lqr_segment":
+        if cfg["llqr_batch_update_chunk_size"] is None:
+            raise ConfigError(
+                "llqr_batch_update_mode=chunked_lqr_segment needs llqr_batch_update_chunk_size (e.g. 128)"
+            )
+        if cfg["llqr_operator_mode"] != "cached_exact":
+            raise ConfigError("llqr_batch_update_mode=chunked_lqr_segment requires llqr_operator_mode=cached_exact")
+    if cfg["llqr_second_order_mode"] == "sample_separable_exact" and cfg["llqr_second_order_chunk_size"] is None:
+        raise ConfigError(
+            "llqr_second_order_mode=sample_separable_exact needs llqr_second_order_chunk_size (e.g. 32)"
+        )
+    if len(cfg["adam_betas"]) != 2 or not all(0 <= b < 1 for b in cfg["adam_betas"]):
+        raise _bad("adam_betas", cfg["adam_betas"], "expected two values in [0, 1)")
+    if cfg["dataset"] == "iwslt14_de_en" and cfg["model"] != "transformer_iwslt":
+        raise ConfigError(f"dataset iwslt14_de_en needs model=transformer_iwslt (got {cfg['model']})")
+    if cfg["model"] == "transformer_iwslt" and cfg["dataset"] != "iwslt14_de_en":
+        raise ConfigError(f"model transformer_iwslt needs dataset=iwslt14_de_en (got {cfg['dataset']})")

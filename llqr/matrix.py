@@ -1,0 +1,364 @@
+"""Surfaces (presets x sweep axes x seeds) expanded into cells with stable, readable ids.
+
+A cell id is ``<preset>/<diff>/seed<init_key>`` where ``<diff>`` lists, sorted, the resolved
+values that differ from the preset, after resetting keys that cannot affect the run (the
+preconditioner keys when ``use_preconditioner=false``; the SAM keys when ``sam_mode`` is null).
+Two sweep entries that train the same thing therefore share one id, inside a surface or across
+surfaces, and are trained once. Pure Python: no JAX, so the Snakefile parses fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from .config import FIELDS, PRECOND_KEYS, SAM_KEYS, SCHEDULE_FAMILIES, ConfigError
+from .config.presets import apply_overrides, build_config, load_preset
+
+# Short names used in cell ids (others appear in full).
+ALIASES = {
+    "use_preconditioner": "llqr",
+    "sam_use_preconditioner_on_update": "sam_upd",
+    "perturb_mode": "perturb",
+    "perturbation_rho": "rho",
+    "divergence": "div",
+    "ema_decay": "ema",
+    "sam_mode": "sam",
+    "learning_rate": "lr",
+    "lr_scheduler": "lr_sched",
+    "block_structure": "block",
+    "optimizer": "opt",
+    "weight_decay": "wd",
+    "llqr_batch_update_mode": "batch_mode",
+    "llqr_batch_update_chunk_size": "chunk",
+    "llqr_use_fast_paths": "fast_paths",
+    "precond_batch_size": "pbs",
+    "total_epochs": "epochs",
+}
+METRICS = {"test_accuracy": "max", "test_loss": "min", "train_loss": "min", "valid_bleu": "max", "test_bleu": "max"}
+_SAFE = "-_.,=+:@"
+_MAX_SEGMENT = 180
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run: the unit Snakemake schedules."""
+
+    id: str
+    preset: str
+    seed: int
+    config: dict  # fully resolved (and normalised) run config
+
+    @property
+    def config_json(self) -> str:
+        return canonical_json(self.config)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A cell's place in a surface: which variant of each axis, which seed."""
+
+    cell_id: str
+    preset: str
+    labels: dict
+    seed: int
+
+
+@dataclass
+class Surface:
+    name: str
+    title: str
+    caption: str
+    group: str
+    metric: str
+    mode: str
+    axes: dict  # axis -> list of variant labels, in order
+    rows: list
+    columns: list
+    seeds: list
+    entries: list = field(default_factory=list)
+
+    @property
+    def cell_ids(self) -> list[str]:
+        return sorted({e.cell_id for e in self.entries})
+
+    def to_dict(self) -> dict:
+        """What the aggregation step needs, as plain JSON."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "caption": self.caption,
+            "metric": self.metric,
+            "mode": self.mode,
+            "axes": self.axes,
+            "rows": self.rows,
+            "columns": self.columns,
+            "seeds": self.seeds,
+            "entries": [
+                {"cell": e.cell_id, "preset": e.preset, "labels": e.labels, "seed": e.seed} for e in self.entries
+            ],
+        }
+
+
+@dataclass
+class Matrix:
+    surfaces: dict
+    cells: dict
+
+    def group(self, name: str) -> list[str]:
+        return [s for s, surf in self.surfaces.items() if surf.group == name]
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]
+
+
+# --- cell identity ---------------------------------------------------------------------------
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):
+        return "-".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _fmt_schedule(sched: dict) -> str:
+    name = sched["name"]
+    defaults = SCHEDULE_FAMILIES[name]
+    parts = [name]
+    for param in sorted(k for k in sched if k != "name"):
+        if sched[param] != defaults[param][0]:
+            value = sched[param]
+            text = ",".join(f"{_fmt(k)}>{_fmt(v)}" for k, v in value.items()) if isinstance(value, dict) else _fmt(value)
+            parts.append(f"{param}={text}")
+    return ":".join(parts)
+
+
+def normalise(config: dict, base: dict) -> dict:
+    """Reset keys that cannot change the run to the preset's values, so equal runs share an id."""
+    out = dict(config)
+    if not out["use_preconditioner"]:
+        inert = set(PRECOND_KEYS)
+        if out["precond_identity_scaling"] != 1.0:
+            inert.discard("block_structure")
+        for key in inert:
+            out[key] = base[key]
+    mode = out["sam_mode"]
+    inert_sam = set(SAM_KEYS) if mode is None else {k for k, modes in _SAM_KEY_MODES.items() if mode not in modes}
+    for key in inert_sam:
+        out[key] = base[key]
+    return out
+
+
+_BASE_MODES = ("base_sam", "base_fsam", "past_fsam")
+# SAM keys read only by some modes (per the spec's mode table); elsewhere they are inert.
+_SAM_KEY_MODES = {
+    "gbar_beta": ("base_fsam", "past_fsam"),
+    "gbar_eps": _BASE_MODES,
+    "norm_mode": _BASE_MODES,
+    "asam_eta": ("asam",),
+    "fisher_sam_eta": ("fisher_sam",),
+    "sam_use_preconditioner_on_update": (*_BASE_MODES, "asam"),
+    "sam_research_base_vector_source": _BASE_MODES,
+    "sam_research_perturb_sign": _BASE_MODES,
+}
+
+
+def cell_id(preset: str, config: dict, base: dict) -> str:
+    diff = {k: v for k, v in config.items() if k not in ("preset", "init_key") and v != base[k]}
+    parts = []
+    for key in sorted(diff, key=lambda k: ALIASES.get(k, k)):
+        value = diff[key]
+        text = _fmt_schedule(value) if FIELDS[key].metadata["kind"] == "schedule" else _fmt(value)
+        parts.append(f"{ALIASES.get(key, key)}={text}")
+    middle = quote(",".join(parts), safe=_SAFE) or "default"
+    if len(middle) > _MAX_SEGMENT:
+        middle = f"{middle[:_MAX_SEGMENT - 13]}~{config_hash(diff)}"
+    return f"{preset}/{middle}/seed{config['init_key']}"
+
+
+# --- surfaces ----------------------------------------------------------------------------------
+
+
+def _err(surface: str, msg: str) -> ConfigError:
+    return ConfigError(f"surface '{surface}': {msg}")
+
+
+def _check_unique(surface: str, what: str, values: list):
+    seen = set()
+    for v in values:
+        key = canonical_json(v)
+        if key in seen:
+            raise _err(surface, f"duplicate {what} {v!r}")
+        seen.add(key)
+
+
+def _parse_axes(name: str, axes: dict) -> dict:
+    if not isinstance(axes, dict):
+        raise _err(name, "'axes' must map axis names to lists of {label, set}")
+    parsed = {}
+    for axis, variants in axes.items():
+        if axis in ("preset", "seed"):
+            raise _err(name, f"axis name '{axis}' is reserved")
+        if not isinstance(variants, list) or not variants:
+            raise _err(name, f"axis '{axis}' is an empty sweep; give at least one variant")
+        out = []
+        for v in variants:
+            if not isinstance(v, dict) or "label" not in v:
+                raise _err(name, f"axis '{axis}': each variant needs a 'label' (got {v!r})")
+            out.append((str(v["label"]), dict(v.get("set") or {})))
+        _check_unique(name, f"label in axis '{axis}':", [lab for lab, _ in out])
+        _check_unique(name, f"variant settings in axis '{axis}':", [s for _, s in out])
+        parsed[axis] = out
+    return parsed
+
+
+def _rule_applies(when: dict, labels: dict, preset: str) -> bool:
+    for axis, wanted in when.items():
+        have = preset if axis == "preset" else labels.get(axis)
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if have not in [str(o) for o in options]:
+            return False
+    return True
+
+
+def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=None) -> Surface:
+    """Expand one surface spec; add its cells to ``cells`` (shared across surfaces)."""
+    _cache = {} if _cache is None else _cache
+    presets = spec.get("presets") or []
+    if not presets:
+        raise _err(name, "'presets' is empty")
+    _check_unique(name, "preset", presets)
+    seeds = spec.get("seeds") or []
+    if not seeds:
+        raise _err(name, "'seeds' is empty")
+    _check_unique(name, "seed", seeds)
+    axes = _parse_axes(name, spec.get("axes") or {})
+    rules = spec.get("rules") or []
+    for rule in rules:
+        for axis, wanted in (rule.get("when") or {}).items():
+            if axis != "preset" and axis not in axes:
+                raise _err(name, f"rule condition on unknown axis '{axis}' (axes: {', '.join(axes) or 'none'})")
+            labels = presets if axis == "preset" else [lab for lab, _ in axes[axis]]
+            for w in wanted if isinstance(wanted, list) else [wanted]:
+                if str(w) not in labels:
+                    raise _err(name, f"rule condition {axis}={w!r} matches no variant (have: {', '.join(labels)})")
+    metric = spec.get("metric", "test_accuracy")
+    if metric not in METRICS:
+        raise _err(name, f"unknown metric '{metric}' (allowed: {', '.join(METRICS)})")
+    table = spec.get("table") or {}
+    rows = list(table.get("rows") or ["preset"])
+    columns = list(table.get("columns") or [a for a in axes if a not in rows])
+    layout = rows + columns
+    if sorted(layout) != sorted(["preset", *axes]):
+        raise _err(name, f"table rows + columns {layout} must name 'preset' and every axis ({', '.join(axes)}) once")
+
+    surface = Surface(
+        name=name,
+        title=spec.get("title", name),
+        caption=spec.get("caption", ""),
+        group=spec.get("group", "demo"),
+        metric=metric,
+        mode=METRICS[metric],
+        axes={a: [lab for lab, _ in vs] for a, vs in axes.items()},
+        rows=rows,
+        columns=columns,
+        seeds=list(seeds),
+    )
+    combos = list(itertools.product(*axes.values())) if axes else [()]
+    for preset in presets:
+        if preset not in _cache:
+            base_values = load_preset(preset, presets_dir)
+            base = build_config({**base_values, "preset": preset}).to_dict()
+            _cache[preset] = (base_values, base)
+        base_values, base = _cache[preset]
+        for combo in combos:
+            labels = {axis: lab for axis, (lab, _) in zip(axes, combo)}
+            overrides: dict = {}
+            for _lab, settings in combo:
+                overrides.update(settings)
+            for rule in rules:
+                if _rule_applies(rule.get("when") or {}, labels, preset):
+                    overrides.update(rule.get("set") or {})
+            for seed in seeds:
+                try:
+                    merged = apply_overrides(base_values, {**overrides, "init_key": seed, "preset": preset})
+                    config = normalise(build_config(merged).to_dict(), base)
+                    build_config(config)
+                except ConfigError as exc:
+                    where = ", ".join(f"{a}={lab}" for a, lab in labels.items())
+                    raise _err(name, f"preset {preset} [{where}]: {exc}") from None
+                cid = cell_id(preset, config, base)
+                known = cells.get(cid)
+                if known is not None and known.config != config:
+                    raise _err(name, f"duplicate cell id {cid} for two different configs")
+                cells[cid] = Cell(cid, preset, int(seed), config)
+                surface.entries.append(Entry(cid, preset, labels, int(seed)))
+    _check_axes_distinct(surface)
+    return surface
+
+
+def _check_axes_distinct(surface: Surface):
+    """Two variants of one axis that give the same cells everywhere are a duplicated sweep entry."""
+    for axis, labels in surface.axes.items():
+        by_label: dict = {lab: {} for lab in labels}
+        for e in surface.entries:
+            rest = canonical_json({**{a: v for a, v in e.labels.items() if a != axis}, "p": e.preset, "s": e.seed})
+            by_label[e.labels[axis]][rest] = e.cell_id
+        for a, b in itertools.combinations(labels, 2):
+            if by_label[a] == by_label[b]:
+                some = next(iter(by_label[a].values()))
+                raise _err(
+                    surface.name,
+                    f"duplicate cell ids: variants '{a}' and '{b}' of axis '{axis}' give the same cells "
+                    f"everywhere (e.g. {some})",
+                )
+
+
+def expand(workflow_config: dict, presets_dir=None) -> Matrix:
+    """Every surface of the workflow config, and the union of their cells."""
+    surfaces_spec = workflow_config.get("surfaces") or {}
+    if not surfaces_spec:
+        raise ConfigError("the workflow config defines no surfaces")
+    cells: dict = {}
+    surfaces = {}
+    cache: dict = {}
+    for name, spec in surfaces_spec.items():
+        if spec is None:  # a surface switched off by a later config file
+            continue
+        if "/" in name or not name:
+            raise ConfigError(f"surface name {name!r} must be non-empty and contain no '/'")
+        surfaces[name] = expand_surface(name, spec, cells, presets_dir, cache)
+    return Matrix(surfaces=surfaces, cells=cells)
+
+
+def load_workflow_config(*paths) -> dict:
+    """Deep-merge YAML files the way Snakemake merges --configfile (for use outside Snakemake)."""
+    import yaml
+
+    out: dict = {}
+    for path in paths:
+        _deep_merge(out, yaml.safe_load(Path(path).read_text()) or {})
+    return out
+
+
+def _deep_merge(into: dict, other: dict):
+    for k, v in other.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _deep_merge(into[k], v)
+        else:
+            into[k] = v
