@@ -1,0 +1,1 @@
+"""Training runner. ``run`` (in ``llqr.train.loop``) trains one cell; ``python -m llqr.train`` wraps it."""

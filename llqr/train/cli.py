@@ -1,0 +1,88 @@
+"""``python -m llqr.train preset=NAME key=value ...``: one run outside Snakemake.
+
+The run lands where the workflow would put the same cell (results/cells/<cell id>/), so a
+hand-run cell and a workflow cell with the same resolved config share results and checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from ..config import ConfigError, build_config, load_preset, parse_overrides, resolve
+from ..data import DataError
+from ..matrix import cell_id as make_cell_id
+from ..matrix import normalise
+from ..models import ModelNotAvailable
+
+EPILOG = """examples:
+  python -m llqr.train preset=digits-mlp
+  python -m llqr.train preset=digits-mlp optimizer=polyak learning_rate=0.05 lr_scheduler=cosine_annealing
+  python -m llqr.train preset=digits-mlp lr_scheduler.t_max=12 --print-config
+exit status: 0 ok or diverged (see summary.json), 2 bad config, 3 data error, 4 unavailable feature,
+75 preempted (checkpoint saved; run again to resume)."""
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m llqr.train", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="preset=NAME and config overrides")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--checkpoints-dir", default="checkpoints")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--cell-id", default=None, help="override the derived cell id")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser.parse_args(argv)
+
+
+def resolve_cell(items: list[str]):
+    """(RunConfig, cell id) from CLI items, normalised as the workflow does."""
+    overrides = parse_overrides(items)
+    preset = overrides.pop("preset", None)
+    cfg = resolve(preset, overrides)
+    base = build_config({**load_preset(preset), "preset": preset}).to_dict() if preset else build_config({}).to_dict()
+    config = normalise(cfg.to_dict(), base)
+    return build_config(config), make_cell_id(preset or "custom", config, base)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    try:
+        cfg, cid = resolve_cell(args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import json
+
+        print(json.dumps({"cell": args.cell_id or cid, "config": cfg.to_dict()}, indent=2))
+        return 0
+    from .loop import FeatureNotAvailable, Preempted, PREEMPTED_EXIT_CODE, run
+
+    command = shlex.join(["python", "-m", "llqr.train", *argv])
+    try:
+        summary = run(
+            cfg,
+            cell_id=args.cell_id or cid,
+            results_dir=args.results_dir,
+            checkpoints_dir=args.checkpoints_dir,
+            data_root=args.data_root,
+            command=command,
+            prepare_missing=True,
+        )
+    except (ModelNotAvailable, FeatureNotAvailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
+    except Preempted as exc:
+        print(str(exc), file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    if summary["status"] == "failed-data":
+        print(f"data error: {summary['message']}", file=sys.stderr)
+        return 3
+    return 0
+
+
+__all__ = ["main", "resolve_cell", "DataError"]

@@ -1,0 +1,416 @@
+"""The training runner: one cell from resolved config to summary.json / metrics.jsonl / record.json.
+
+Step accounting, eval and logging cadence follow the reference runner (specs/training_surface.md
+section 1): ``total_steps = floor(mbpe * epochs / grad_acc) + 1`` with a final no-update sentinel
+step, eval before the update at ``periodic(s, test_eval_freq)``. Deviations, all deliberate: the
+data stream is seeded and replayable, a resumed run continues bit-exactly, and every run ends with
+an explicit final evaluation (the reference has none for classification).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..config import RunConfig
+from ..data import DataError, dataset_dir, load_dataset
+from ..data.stream import BatchStream
+from ..matrix import config_hash
+from ..models import build_model
+from . import records
+from .checkpoint import Checkpointer
+from .losses import accuracy_percent, smoothed_cross_entropy
+from .optimizers import build_main_tx
+from .schedules import build_schedule
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: the workflow's retry resubmits and the run resumes
+
+
+class FeatureNotAvailable(RuntimeError):
+    """The config asks for something this version of the runner does not implement."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM/SIGUSR1 arrived; a checkpoint was written at the step boundary."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted at step {step}; checkpoint saved, run again to resume")
+        self.step = step
+
+
+@dataclass(frozen=True)
+class CellPaths:
+    results: Path  # declared outputs: summary.json, metrics.jsonl, record.json
+    work: Path  # checkpoints and the live metrics log; never deleted by Snakemake
+
+    @classmethod
+    def for_cell(cls, cell_id: str, config: dict, results_dir, checkpoints_dir) -> "CellPaths":
+        return cls(Path(results_dir) / "cells" / cell_id, Path(checkpoints_dir) / cell_id / config_hash(config))
+
+
+def periodic(step: int, every: int, total_steps: int) -> bool:
+    return step % every == 0 and (step != 0 or total_steps == 1)
+
+
+def check_supported(cfg: RunConfig) -> None:
+    """Fail before loading data when the config needs a part that is not built yet."""
+    if cfg.use_preconditioner:
+        raise FeatureNotAvailable(
+            "use_preconditioner=true needs the LLQR preconditioner fit, which this version of llqr does "
+            "not implement yet; run with use_preconditioner=false"
+        )
+    if cfg.sam_mode is not None:
+        raise FeatureNotAvailable(f"sam_mode={cfg.sam_mode} is not implemented in this version of llqr")
+    if cfg.dataset == "iwslt14_de_en":
+        raise FeatureNotAvailable("translation training (iwslt14_de_en) is not implemented in this version of llqr")
+
+
+def step_accounting(cfg: RunConfig, train_size: int) -> tuple[float, int]:
+    """(steps per epoch, total loop steps incl. the sentinel)."""
+    mbpe = train_size / cfg.batch_size
+    spe = mbpe / cfg.grad_acc_steps
+    total = int((mbpe * cfg.total_epochs) // cfg.grad_acc_steps) + 1
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps + 1)
+    return spe, total
+
+
+class _SignalFlag:
+    """Turns SIGTERM/SIGUSR1 into a flag the loop reads at step boundaries."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        try:
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = {}
+        return self
+
+    def _handle(self, signum, _frame):
+        self.received = signum
+        print(f"received signal {signal.Signals(signum).name}: checkpointing at the next step boundary", flush=True)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _make_fns(model, tx, cfg: RunConfig):
+    ls, scale = cfg.label_smoothing, cfg.precond_identity_scaling
+
+    def variables(params, batch_stats):
+        return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+    def loss_fn(params, batch_stats, x, y, key):
+        if batch_stats:
+            out, mut = model.apply(
+                variables(params, batch_stats), x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+            )
+            batch_stats = mut["batch_stats"]
+        else:
+            out = model.apply(variables(params, batch_stats), x, train=True, rngs={"dropout": key})
+        return smoothed_cross_entropy(out, y, ls), batch_stats
+
+    def train_step(state, xs, ys):
+        dropout_key, key = jax.random.split(state["dropout_key"])
+        params = state["params"]
+
+        def micro(carry, batch):
+            batch_stats, k = carry
+            k, sub = jax.random.split(k)
+            (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, *batch, sub)
+            return (batch_stats, k), (loss, grads)
+
+        (batch_stats, _), (losses, grads) = jax.lax.scan(micro, (state["batch_stats"], key), (xs, ys))
+        grads = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
+        if scale != 1.0:  # the identity-initialised preconditioner is applied as I / s
+            grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state)
+        new.update(batch_stats=batch_stats, dropout_key=dropout_key)
+        return new, jnp.mean(losses)
+
+    def eval_sums(params, batch_stats, x, y):
+        out = model.apply(variables(params, batch_stats), x, train=False)
+        nll = -jnp.take_along_axis(out, y[:, None], axis=-1)[:, 0]
+        return jnp.sum(nll), jnp.sum(jnp.argmax(out, -1) == y)
+
+    def train_accuracy(params, batch_stats, x, y):
+        return accuracy_percent(model.apply(variables(params, batch_stats), x, train=False), y)
+
+    return jax.jit(train_step, donate_argnums=0), jax.jit(eval_sums), jax.jit(train_accuracy)
+
+
+def _evaluate(eval_sums, state, data, batch_size: int) -> dict:
+    loss_sum, correct = 0.0, 0
+    n = len(data.y_test)
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        l_sum, c = eval_sums(state["params"], state["batch_stats"], data.x_test[sl], data.y_test[sl])
+        loss_sum += float(l_sum)
+        correct += int(c)
+    return {"test_accuracy": 100.0 * correct / n, "test_loss": loss_sum / n}
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class MetricsLog:
+    """Append-only JSONL in the work dir; truncated to the checkpoint's offset on resume."""
+
+    def __init__(self, path: Path, offset: int | None):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if offset is None:
+            path.write_text("")
+        else:
+            with open(path, "r+b") as fh:
+                fh.truncate(offset)
+        self._fh = open(path, "a")
+
+    @property
+    def offset(self) -> int:
+        self._fh.flush()
+        return self._fh.tell()
+
+    def events(self) -> list[dict]:
+        self._fh.flush()
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def write(self, event: dict) -> None:
+        self._fh.write(json.dumps(event, sort_keys=True) + "\n")
+        self._fh.flush()
+
+    def close(self):
+        self._fh.close()
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    cell_id: str,
+    results_dir="results",
+    checkpoints_dir="checkpoints",
+    data_root="data",
+    command: str = "",
+    prepare_missing: bool = False,
+    out=print,
+) -> dict:
+    """Train one cell to completion (or resume it); returns the summary written to disk."""
+    config = cfg.to_dict()
+    paths = CellPaths.for_cell(cell_id, config, results_dir, checkpoints_dir)
+    build_model(cfg, num_classes=10)  # fail fast on a model that does not exist yet
+    check_supported(cfg)
+    t_start = time.time()
+    base_record = {
+        "cell": cell_id,
+        "command": command,
+        "config": config,
+        "config_hash": config_hash(config),
+        "seed": {"init_key": cfg.init_key, "rng_seed": cfg.rng_seed, "data_seed": cfg.data_seed},
+        "dataset_path": str(dataset_dir(cfg, data_root)),
+        "checkpoint_path": str(paths.work / "orbax"),
+        **records.git_state(),
+        **records.host_info(),
+        "accelerator": records.accelerator(),
+        "versions": {"jax": jax.__version__, "optax": optax.__version__, "python": sys.version.split()[0]},
+    }
+    base_record["run_id"] = config_hash({"config": config, "commit": base_record["commit"]})
+
+    try:
+        data = load_dataset(cfg, data_root, prepare_missing=prepare_missing)
+    except DataError as exc:
+        out(f"[{cell_id}] data error: {exc}")
+        summary = _summary(cell_id, "failed-data", None, None, 0, 0, time.time() - t_start, message=str(exc))
+        paths.results.mkdir(parents=True, exist_ok=True)
+        (paths.results / "metrics.jsonl").write_text("")
+        _write_outputs(paths, summary, base_record, live_metrics=None)
+        return summary
+    base_record["dataset_path"] = data.path
+
+    spe, total_steps = step_accounting(cfg, data.train_size)
+    model = build_model(cfg, num_classes=data.num_classes)
+    lr = build_schedule(cfg.lr_scheduler, cfg.learning_rate, cfg.total_epochs, spe)
+    tx = build_main_tx(cfg, lr)
+    variables = model.init(jax.random.PRNGKey(cfg.init_key), jnp.asarray(data.x_train[:1]), train=False)
+    params = variables["params"]
+    state = {
+        "params": params,
+        "batch_stats": variables.get("batch_stats", {}),
+        "opt_state": tx.init(params),
+        "dropout_key": jax.random.PRNGKey(cfg.rng_seed),
+    }
+    stream = BatchStream(data.train_size, cfg.batch_size, cfg.data_seed)
+    cursor, start_step, elapsed_before, offset = 0, 0, 0.0, None
+    ckpt = Checkpointer(paths.work / "orbax", keep=cfg.keep_checkpoints) if cfg.preempt_handling else None
+    if ckpt is not None and ckpt.latest_step() is not None:
+        start_step = ckpt.latest_step()
+        state, meta = ckpt.restore(start_step, state)
+        cursor, elapsed_before, offset = meta["cursor"], meta["elapsed_s"], meta["metrics_offset"]
+        out(f"[{cell_id}] resuming from checkpoint at step {start_step}/{total_steps - 1}")
+    log = MetricsLog(paths.work / "metrics.jsonl", offset)
+    history = [e for e in log.events() if e["event"] == "eval"]
+    train_step, eval_sums, train_acc = _make_fns(model, tx, cfg)
+    eval_bs = cfg.eval_batch_size or cfg.batch_size
+    report_every = cfg.report_freq or cfg.logging_freq
+    run_start = time.time()
+    elapsed = lambda: elapsed_before + time.time() - run_start  # noqa: E731
+    last_saved = start_step if start_step else None
+    pending: list = []  # (step, device loss) not yet checked for NaN
+    diverged_at = None
+    rate_t, rate_s = None, start_step
+    out(f"[{cell_id}] {total_steps - 1} updates ({spe:.3f} steps/epoch), model {cfg.model}, data {data.path}")
+
+    def check_finite() -> int | None:
+        if not pending:
+            return None
+        values = np.asarray(jax.device_get([loss for _s, loss in pending]))
+        bad = np.flatnonzero(~np.isfinite(values))
+        first = pending[bad[0]][0] if bad.size else None
+        pending.clear()
+        return first
+
+    def save(step: int):
+        nonlocal last_saved
+        if ckpt is None or last_saved == step:
+            return
+        meta = {"step": step, "cursor": cursor, "elapsed_s": elapsed(), "metrics_offset": log.offset}
+        ckpt.save(step, state, meta)
+        last_saved = step
+
+    with _SignalFlag() as flag:
+        step = start_step
+        while step < total_steps:
+            if flag.received is not None:
+                diverged_at = check_finite()
+                if diverged_at is None:
+                    save(step)
+                    log.close()
+                    raise Preempted(step)
+                break
+            if cfg.preempt_handling and step > 0 and step % cfg.checkpoint_freq == 0:
+                diverged_at = check_finite()
+                if diverged_at is not None:
+                    break
+                save(step)
+            if periodic(step, cfg.test_eval_freq, total_steps):
+                event = {"event": "eval", "step": step, "elapsed_s": round(elapsed(), 3)}
+                event.update(_evaluate(eval_sums, state, data, eval_bs))
+                log.write(event)
+                history.append(event)
+            if step == total_steps - 1:
+                break  # sentinel: eval and checkpoint only
+            idx = [stream.indices(cursor + i) for i in range(cfg.grad_acc_steps)]
+            cursor += cfg.grad_acc_steps
+            xs = np.stack([data.x_train[i] for i in idx])
+            ys = np.stack([data.y_train[i] for i in idx])
+            state, loss = train_step(state, xs, ys)
+            pending.append((step, loss))
+            if periodic(step, cfg.logging_freq, total_steps) or step % report_every == 0:
+                diverged_at = check_finite()
+                if diverged_at is not None:
+                    break
+                loss_v = float(loss)
+                acc = float(train_acc(state["params"], state["batch_stats"], xs[-1], ys[-1]))
+                if periodic(step, cfg.logging_freq, total_steps):
+                    log.write(
+                        {"event": "train", "step": step, "elapsed_s": round(elapsed(), 3), "train_loss": loss_v,
+                         "train_accuracy": acc}
+                    )
+                if step % report_every == 0:
+                    now = time.time()
+                    rate = (step - rate_s) / (now - rate_t) if rate_t and now > rate_t else 0.0
+                    rate_t, rate_s = now, step
+                    last = f" test_acc {history[-1]['test_accuracy']:.2f}%" if history else ""
+                    eta = _fmt_eta((total_steps - 1 - step) / rate) if rate else "?"
+                    out(
+                        f"[{cell_id}] step {step}/{total_steps - 1} loss {loss_v:.4f} train_acc {acc:.1f}%{last}"
+                        f" | {rate:.1f} steps/s | ETA {eta}"
+                    )
+            step += 1
+        if diverged_at is None:
+            diverged_at = check_finite()
+
+    if diverged_at is not None:
+        log.write({"event": "diverged", "step": diverged_at, "elapsed_s": round(elapsed(), 3)})
+        out(f"[{cell_id}] non-finite loss at step {diverged_at}: status diverged")
+        best = _best(history, "test_accuracy", "max")
+        summary = _summary(cell_id, "diverged", None, best, diverged_at, total_steps, elapsed(), diverged_at=diverged_at)
+    else:
+        final_step = total_steps - 1
+        if history and history[-1]["step"] == final_step:
+            final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
+        else:
+            final = _evaluate(eval_sums, state, data, eval_bs)
+        log.write({"event": "final_eval", "step": final_step, "elapsed_s": round(elapsed(), 3), **final})
+        save(final_step)
+        series = history + [{"step": final_step, **final}]
+        summary = _summary(
+            cell_id,
+            "ok",
+            {"value": final["test_accuracy"], "step": final_step},
+            _best(series, "test_accuracy", "max"),
+            final_step,
+            total_steps,
+            elapsed(),
+        )
+        summary["final_metrics"] = final
+        out(f"[{cell_id}] done: test accuracy {final['test_accuracy']:.2f}% (best {summary['best']['value']:.2f}%)")
+    summary["spe"] = spe
+    log.close()
+    _write_outputs(paths, summary, base_record, live_metrics=log.path)
+    if ckpt is not None:
+        ckpt.close()
+    return summary
+
+
+def _best(series: list[dict], key: str, mode: str) -> dict | None:
+    points = [(e[key], e["step"]) for e in series if key in e]
+    if not points:
+        return None
+    pick = max if mode == "max" else min
+    value = pick(v for v, _ in points)
+    return {"value": value, "step": min(s for v, s in points if v == value)}
+
+
+def _summary(cell_id, status, final, best, steps, total_steps, wall, *, diverged_at=None, message=None) -> dict:
+    return {
+        "cell": cell_id,
+        "status": status,
+        "metric": "test_accuracy",
+        "mode": "max",
+        "final": final,
+        "best": best,
+        "steps": steps,
+        "total_steps": total_steps,
+        "wall_time_s": round(wall, 3),
+        "diverged_at_step": diverged_at,
+        "message": message,
+    }
+
+
+def _write_outputs(paths: CellPaths, summary: dict, record: dict, live_metrics: Path | None) -> None:
+    """metrics first, summary last: a present summary.json means the other outputs are complete."""
+    if live_metrics is not None:
+        records.copy_atomic(live_metrics, paths.results / "metrics.jsonl")
+    full_record = dict(record, status=summary["status"], final=summary["final"], best=summary["best"])
+    full_record.update(total_steps=summary["total_steps"], spe=summary.get("spe"), wall_time_s=summary["wall_time_s"])
+    records.write_json_atomic(paths.results / "record.json", full_record)
+    records.write_json_atomic(paths.results / "summary.json", summary)

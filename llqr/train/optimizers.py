@@ -1,0 +1,43 @@
+"""The main optimizer chain of the reference runner, as optax transformations."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def decay_mask(params, excluded: list[str] | None):
+    """True where weight decay applies: a leaf is excluded when any substring of ``excluded``
+    occurs in any part of its key path (e.g. ['Norm', 'bias'])."""
+    if not excluded:
+        return jax.tree_util.tree_map(lambda _: True, params)
+
+    def keep(path, _leaf):
+        parts = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        return not any(sub in part for sub in excluded for part in parts)
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def build_main_tx(cfg, lr_schedule) -> optax.GradientTransformation:
+    """sgd (no momentum) | polyak (heavy-ball) | adam | adamw[_b2-98|_b2-95], with coupled L2
+    weight decay chained first for the non-adamw optimizers (as the reference does)."""
+    name = cfg.optimizer
+    wd = cfg.weight_decay or 0.0
+    b1, b2 = cfg.adam_betas
+    mask = (lambda p: decay_mask(p, cfg.wd_mask)) if cfg.wd_mask else None
+    if name == "sgd":
+        opt = optax.sgd(lr_schedule)
+    elif name == "polyak":
+        opt = optax.sgd(lr_schedule, momentum=cfg.momentum, nesterov=False)
+    elif name == "adam":
+        opt = optax.adam(lr_schedule, b1=b1, b2=b2)
+    elif name == "adamw":
+        opt = optax.adamw(lr_schedule, b1=b1, b2=b2, weight_decay=wd, mask=mask)
+    elif name in ("adamw_b2-98", "adamw_b2-95"):
+        opt = optax.adamw(lr_schedule, b1=b1, b2=0.98 if name.endswith("98") else 0.95, weight_decay=wd)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")
+    if wd and "adamw" not in name:
+        return optax.chain(optax.add_decayed_weights(wd, mask), opt)
+    return opt
