@@ -44,8 +44,26 @@ def _point(record) -> tuple:
     return _number(record.get("value")), (int(step) if isinstance(step, (int, float)) else None)
 
 
-def read_summary(results_dir, cell_id: str) -> dict:
-    """One cell's outcome with a fixed set of keys, whatever state its directory is in."""
+def _from_curve(results_dir, cell_id: str, metric: str, mode: str) -> dict:
+    """Final and best of ``metric`` from metrics.jsonl: the summary only records its own metric."""
+    curve = read_curve(results_dir, cell_id, metric).sort_values("step", kind="stable")
+    out = dict.fromkeys(["final", "final_step", "best", "best_step"])
+    if curve.empty:
+        return out
+    ends = curve if metric in _EVENTS else curve[curve["event"] == "final_eval"]
+    if not ends.empty:
+        out["final"], out["final_step"] = float(ends["value"].iloc[-1]), int(ends["step"].iloc[-1])
+    best = curve.loc[curve["value"].idxmax() if mode == "max" else curve["value"].idxmin()]
+    out["best"], out["best_step"] = float(best["value"]), int(best["step"])
+    return out
+
+
+def read_summary(results_dir, cell_id: str, metric: str | None = None, mode: str = "max") -> dict:
+    """One cell's outcome with a fixed set of keys, whatever state its directory is in.
+
+    ``final``/``best`` are for ``metric`` (default: the summary's own); a different metric is
+    read from the cell's metrics.jsonl, so a surface on test_loss reports losses, not accuracies.
+    """
     path = cell_dir(results_dir, cell_id) / "summary.json"
     out = dict.fromkeys(ENTRY_COLUMNS[2:])
     if not path.is_file():
@@ -59,15 +77,18 @@ def read_summary(results_dir, cell_id: str) -> dict:
     except (OSError, ValueError) as exc:
         out.update(status="failed", message=f"unreadable summary.json: {exc}")
         return out
-    out["final"], out["final_step"] = _point(data.get("final"))
-    out["best"], out["best_step"] = _point(data.get("best"))
+    if metric is None or data.get("metric") == metric:
+        out["final"], out["final_step"] = _point(data.get("final"))
+        out["best"], out["best_step"] = _point(data.get("best"))
+    else:
+        out.update(_from_curve(results_dir, cell_id, metric, mode))
     div = data.get("diverged_at_step")
     out["diverged_at_step"] = int(div) if isinstance(div, (int, float)) and not isinstance(div, bool) else None
     out["status"] = str(data.get("status") or "failed")
     out["message"] = data.get("message")
     if out["status"] == "ok" and out["final"] is None:
         # An "ok" run without a final value cannot enter a mean; count it as failed, visibly.
-        out.update(status="failed", message="status ok but no finite final value")
+        out.update(status="failed", message=f"status ok but no finite final {metric or 'value'}")
     return out
 
 
@@ -85,7 +106,7 @@ def entries_frame(surface: dict, results_dir) -> pd.DataFrame:
     axes = list(surface["axes"])
     _check_axis_names(axes)
     ids = dict.fromkeys(e["cell"] for e in surface["entries"])
-    summaries = {cid: read_summary(results_dir, cid) for cid in ids}
+    summaries = {cid: read_summary(results_dir, cid, surface["metric"], surface["mode"]) for cid in ids}
     rows = [
         {
             "preset": e["preset"],

@@ -41,7 +41,8 @@ def value_text(record, metric: str, pm: str = "±") -> str:
 
 def exclusion_reason(row) -> str:
     """Why a cell is not in the means, in words."""
-    status, message = row["status"], row["message"]
+    status = row["status"]
+    message = None if pd.isna(row["message"]) else str(row["message"])
     if status == "diverged":
         step = row["diverged_at_step"]
         return "diverged" if pd.isna(step) else f"diverged at step {int(step)}"

@@ -20,7 +20,10 @@ def sort_by_layout(frame: pd.DataFrame, keys: list, order: dict) -> pd.DataFrame
     if not keys or frame.empty:
         return frame
     rank = {k: {lab: i for i, lab in enumerate(order[k])} for k in keys}
-    return frame.sort_values(list(keys), key=lambda col: col.map(rank[col.name]).fillna(len(rank[col.name])), kind="stable")
+    def position(col):
+        return col.map(rank[col.name]).fillna(len(rank[col.name]))
+
+    return frame.sort_values(list(keys), key=position, kind="stable")
 
 
 def ordered_keys(records: list, keys: list, order: dict) -> list:

@@ -1,0 +1,39 @@
+# llqr-workflow: the LLQR papers' results as dependency-tracked targets.
+#   snakemake --cores all                                      -> the demo surfaces (default)
+#   snakemake -n paper --configfile config/paper.yaml          -> preview the paper matrix
+#   snakemake --profile profiles/slurm paper --configfile config/paper.yaml
+import os
+import sys
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+sys.path.insert(0, workflow.basedir)  # `llqr` importable even without `pip install -e .`
+
+
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/aggregate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        surface_targets("demo"),
+
+
+rule demo:
+    input:
+        surface_targets("demo"),
+
+
+rule paper:
+    input:
+        lambda wc: surface_targets("paper", required=True),

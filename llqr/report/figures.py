@@ -1,0 +1,115 @@
+"""Curves of the surface metric: one panel per preset, one line per variant.
+
+Seeds are averaged per logged step with a min-max band, so the spread shows without a line
+per seed. Runs that diverged end in an "x"; variants without any data stay in the legend
+with their status, so a gap in the figure is never silent. Built on a bare Agg-backed
+``Figure`` (no pyplot): no global state, safe inside Snakemake jobs and without a display.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .layout import label_order, ordered_keys, variant_name
+
+MAX_COLUMNS = 4
+
+
+def _colors(n: int) -> list:
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _no_data(ax) -> None:
+    ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.5", fontsize="large")
+
+
+def _select(frame: pd.DataFrame, preset: str, axes: list, variant: tuple) -> pd.DataFrame:
+    mask = frame["preset"] == preset
+    for axis, label in zip(axes, variant):
+        mask &= frame[axis] == label
+    return frame[mask]
+
+
+def status_suffix(statuses: list) -> str:
+    """Legend note for seeds that did not finish ok: " (diverged)" or " (1/2 diverged, 1/2 missing)"."""
+    counts = pd.Series(statuses, dtype=object).value_counts(sort=False)
+    n = len(statuses)
+    parts = [status if count == n else f"{count}/{n} {status}" for status, count in counts.items() if status != "ok"]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _draw_variant(ax, runs: pd.DataFrame, points: pd.DataFrame, label: str, color) -> Line2D:
+    """Plot one variant (mean line, band, final point, divergence marks); return its legend handle."""
+    statuses = list(runs["status"])
+    suffix = status_suffix(statuses)
+    if points.empty:
+        return Line2D([], [], color=color, alpha=0.4, linestyle="--", label=f"{label}{suffix or ' (no curve)'}")
+    # A final evaluation supersedes an evaluation logged at the same step of the same run.
+    ranked = points.assign(_final=points["event"] == "final_eval").sort_values(["cell", "step", "_final"])
+    line = ranked.drop_duplicates(["cell", "step"], keep="last")
+    stats = line.groupby("step")["value"].agg(["mean", "min", "max"])
+    ax.plot(stats.index, stats["mean"], color=color, linewidth=1.5, marker="." if len(stats) == 1 else None)
+    if (stats["min"] < stats["max"]).any():
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
+    final = points[points["event"] == "final_eval"]
+    if not final.empty:
+        ax.plot([final["step"].mean()], [final["value"].mean()], "o", markersize=4, color=color)
+    for _, run in runs[runs["status"] == "diverged"].iterrows():
+        own = line[line["cell"] == run["cell"]]
+        if own.empty:
+            continue
+        last = own.sort_values("step").iloc[-1]
+        step = last["step"] if pd.isna(run["diverged_at_step"]) else run["diverged_at_step"]
+        ax.plot([step], [last["value"]], marker="x", markersize=8, markeredgewidth=2, color=color, linestyle="none")
+    marker = "x" if "diverged" in statuses else None
+    return Line2D([], [], color=color, marker=marker, label=f"{label}{suffix}")
+
+
+def _panel(ax, preset: str, surface: dict, variants: list, entries: pd.DataFrame, points: pd.DataFrame, colors) -> None:
+    axes = list(surface["axes"])
+    ax.set_title(preset)
+    ax.set_xlabel("step")
+    ax.set_ylabel(surface["metric"])
+    handles, drawn = [], False
+    for variant, color in zip(variants, colors):
+        runs = _select(entries, preset, axes, variant)
+        if runs.empty:
+            continue
+        mine = _select(points, preset, axes, variant)
+        handles.append(_draw_variant(ax, runs, mine, variant_name(variant) or "default", color))
+        drawn = drawn or not mine.empty
+    if not drawn:
+        _no_data(ax)
+    if handles:
+        ax.legend(handles=handles, fontsize="small" if len(handles) <= 6 else "x-small")
+
+
+def curves_figure(surface: dict, entries: pd.DataFrame, curves: pd.DataFrame) -> Figure:
+    """The surface's figure from ``collect.entries_frame`` and ``collect.curves_frame`` output."""
+    order = label_order(surface)
+    presets, axes = order["preset"], list(surface["axes"])
+    ncols = min(MAX_COLUMNS, max(len(presets), 1))
+    nrows = math.ceil(max(len(presets), 1) / ncols)
+    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle(surface["title"])
+    panels = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    if not presets:
+        _no_data(panels[0])
+        return fig
+    for ax in panels[len(presets):]:
+        ax.set_visible(False)
+    variants = ordered_keys(entries.to_dict("records"), axes, order)
+    runs = entries[["cell", "preset", *axes]].drop_duplicates()
+    points = curves.merge(runs, on="cell")  # a shared cell's curve serves every position it fills
+    colors = _colors(len(variants))
+    for ax, preset in zip(panels, presets):
+        _panel(ax, preset, surface, variants, entries, points, colors)
+    return fig

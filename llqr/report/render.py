@@ -1,0 +1,49 @@
+"""Everything one surface publishes, written in one call (the Snakemake aggregate step's body)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .atomic import write_figure, write_text
+from .collect import curves_frame, entries_frame
+from .figures import curves_figure
+from .formats import excluded_cells, to_latex, to_markdown
+from .tables import pivot, summarise
+
+# Output name -> file name inside the surface's directory; the workflow's named outputs match.
+OUTPUTS = {
+    "csv": "table.csv",
+    "md": "table.md",
+    "tex": "table.tex",
+    "png": "figure.png",
+    "pdf": "figure.pdf",
+    "seeds": "seeds.json",
+}
+
+
+def seeds_record(surface: dict) -> dict:
+    """The seeds behind the numbers, kept beside the tables so a reader can rerun any of them."""
+    cells = {e["cell"]: int(e["seed"]) for e in surface["entries"]}
+    return {"seeds": [int(s) for s in surface["seeds"]], "cells": cells}
+
+
+def render_surface(surface: dict, results_dir, out_dir) -> dict:
+    """Read the surface's cells under ``results_dir`` and write its tables, figure and seeds.
+
+    Works on a partial run (missing cells are reported, not fatal). Returns output name -> Path.
+    """
+    out = Path(out_dir)
+    paths = {name: out / filename for name, filename in OUTPUTS.items()}
+    entries = entries_frame(surface, results_dir)
+    table = summarise(entries, surface)
+    grid = pivot(table, surface)
+    excluded = excluded_cells(entries)
+    write_text(paths["csv"], table.to_csv(index=False))
+    write_text(paths["md"], to_markdown(grid, surface, excluded))
+    write_text(paths["tex"], to_latex(grid, surface, excluded))
+    fig = curves_figure(surface, entries, curves_frame(surface, results_dir))
+    write_figure(fig, paths["png"])
+    write_figure(fig, paths["pdf"])
+    write_text(paths["seeds"], json.dumps(seeds_record(surface), indent=2) + "\n")
+    return paths

@@ -1,0 +1,38 @@
+"""The train rule's entry point: resolved config JSON in, declared outputs out."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from ..config import build_config
+
+
+def train_from_workflow(config_json: str, cell_id: str, *, results_dir, checkpoints_dir, data_root, log_path) -> int:
+    """Run one cell for Snakemake; returns the process exit status (75 = preempted, retry)."""
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+
+        def out(line: str) -> None:
+            print(line, flush=True)
+            log.write(line + "\n")
+            log.flush()
+
+        try:
+            from .loop import PREEMPTED_EXIT_CODE, Preempted, run
+
+            cfg = build_config(json.loads(config_json))
+            command = f"snakemake rule train, cell {cell_id} (argv: {' '.join(sys.argv)})"
+            run(cfg, cell_id=cell_id, results_dir=results_dir, checkpoints_dir=checkpoints_dir,
+                data_root=data_root, command=command, out=out)
+        except Preempted as exc:
+            out(str(exc))
+            return PREEMPTED_EXIT_CODE
+        except Exception as exc:  # noqa: BLE001 - recorded in the log, then the job fails
+            log.write(traceback.format_exc())
+            out(f"[{cell_id}] failed: {exc}")
+            return 1
+    return 0

@@ -1,0 +1,42 @@
+# Per surface: tables (CSV/Markdown/LaTeX), figure, seed list; all in the HTML report.
+import os
+
+
+def surface_inputs(wildcards):
+    surface = MATRIX.surfaces[wildcards.surface]
+    files = [f"{RESULTS}/cells/{cid}/summary.json" for cid in surface.cell_ids]
+    if config.get("allow_missing"):
+        files = [f for f in files if os.path.exists(f)]
+    return files
+
+
+rule aggregate:
+    input:
+        surface_inputs,
+    output:
+        csv=report(
+            f"{RESULTS}/surfaces/{{surface}}/table.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            subcategory="{surface}",
+            labels={"surface": "{surface}", "kind": "table (CSV)"},
+        ),
+        md=f"{RESULTS}/surfaces/{{surface}}/table.md",
+        tex=f"{RESULTS}/surfaces/{{surface}}/table.tex",
+        png=report(
+            f"{RESULTS}/surfaces/{{surface}}/figure.png",
+            caption="../report/figure.rst",
+            category="Figures",
+            subcategory="{surface}",
+            labels={"surface": "{surface}", "kind": "figure"},
+        ),
+        pdf=f"{RESULTS}/surfaces/{{surface}}/figure.pdf",
+        seeds=f"{RESULTS}/surfaces/{{surface}}/seeds.json",
+    params:
+        surface=lambda wc: json.dumps(MATRIX.surfaces[wc.surface].to_dict(), sort_keys=True),
+        results_dir=RESULTS,
+    log:
+        "logs/aggregate/{surface}.log",
+    localrule: True
+    script:
+        "../workflow_scripts/aggregate_surface.py"

@@ -1,0 +1,100 @@
+# Config validation, the cell matrix, and the input/resource functions the rules use.
+import json
+import os
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from llqr.config import ConfigError
+from llqr.matrix import expand
+
+
+validate(config, schema="../config/schema/config.schema.yaml")
+try:
+    MATRIX = expand(config)
+except ConfigError as exc:
+    raise WorkflowError(f"invalid workflow config: {exc}") from None
+
+RESULTS = config["results_dir"]
+CHECKPOINTS = config["checkpoints_dir"]
+DATA = config["data_dir"]
+SURFACE_FILES = ("table.csv", "table.md", "table.tex", "figure.png", "figure.pdf", "seeds.json")
+
+
+wildcard_constraints:
+    cell=r"[^/]+/[^/]+/seed\d+",
+    surface=r"[^/]+",
+
+
+def surface_targets(group, required=False):
+    names = MATRIX.group(group)
+    if required and not names:
+        raise WorkflowError(
+            f"no '{group}' surfaces in the config; add --configfile config/{group}.yaml"
+        )
+    return [f"{RESULTS}/surfaces/{name}/table.md" for name in names]
+
+
+def cell_of(wildcards):
+    try:
+        return MATRIX.cells[wildcards.cell]
+    except KeyError:
+        raise WorkflowError(
+            f"cell '{wildcards.cell}' is not in any surface of the config"
+        ) from None
+
+
+# --- data inputs of a cell ------------------------------------------------------------
+def raw_archive(name):
+    return f"{DATA}/{name}/raw/{config['data_sources'][name]['file']}"
+
+
+def dataset_inputs(dataset):
+    if dataset == "digits":
+        return [f"{DATA}/digits/digits.npz"]
+    if dataset in ("cifar10", "cifar100", "iwslt14_de_en"):
+        return [raw_archive(dataset)]
+    if dataset == "imagenet":
+        return [f"{DATA}/imagenet/index.json"]
+    return []
+
+
+def train_inputs(wildcards):
+    cell = cell_of(wildcards)
+    if cell.config["dataset_dir"]:  # the user points at prepared data themselves
+        return []
+    return dataset_inputs(cell.config["dataset"])
+
+
+# --- resources (per preset; never part of a cell's identity) --------------------------
+def preset_resources(preset):
+    res = dict(config.get("resources", {}).get("default", {}))
+    res.update(config.get("resources", {}).get("presets", {}).get(preset, {}))
+    cluster = config.get("cluster") or {}
+    account = cluster.get("account") or os.environ.get("LLQR_SLURM_ACCOUNT")
+    partition = cluster.get("partition") or os.environ.get("LLQR_SLURM_PARTITION")
+    if account:
+        res.setdefault("slurm_account", account)
+    if partition:
+        res.setdefault("slurm_partition", partition)
+    return res
+
+
+def _train_resource_keys():
+    keys = {"mem_mb", "runtime", "cpus_per_task"}
+    for cell in MATRIX.cells.values():
+        keys.update(preset_resources(cell.preset))
+    return sorted(keys)
+
+
+def _resource_fn(key):
+    defaults = {"mem_mb": 2000, "runtime": 30, "cpus_per_task": 1}
+
+    def fn(wildcards):
+        res = preset_resources(cell_of(wildcards).preset)
+        return res.get(key, defaults.get(key, 0 if key in ("gpu",) else ""))
+
+    return fn
+
+
+TRAIN_RESOURCES = {key: _resource_fn(key) for key in _train_resource_keys()}

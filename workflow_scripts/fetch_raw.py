@@ -1,0 +1,14 @@
+# Snakemake `script:` for rule fetch_raw: download (or copy) and verify one raw archive.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
+from llqr.data.errors import DataError  # noqa: E402
+from llqr.data.fetch import fetch  # noqa: E402
+
+src = snakemake.params.source
+try:
+    fetch(src["url"], Path(snakemake.output[0]), {k: src.get(k) for k in ("md5", "sha256")}, src.get("local"))
+except DataError as exc:
+    Path(snakemake.log[0]).write_text(f"{exc}\n")
+    sys.exit(f"error: {exc}")

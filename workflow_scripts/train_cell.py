@@ -1,0 +1,16 @@
+# Snakemake `script:` for rule train: hands the cell's resolved config to llqr.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
+from llqr.train.cell import train_from_workflow  # noqa: E402
+
+status = train_from_workflow(
+    snakemake.params.config,
+    snakemake.wildcards.cell,
+    results_dir=snakemake.params.results_dir,
+    checkpoints_dir=snakemake.params.checkpoints_dir,
+    data_root=snakemake.params.data_root,
+    log_path=snakemake.log[0],
+)
+sys.exit(status)
