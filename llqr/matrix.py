@@ -343,6 +343,8 @@ def expand(workflow_config: dict, presets_dir=None) -> Matrix:
         if "/" in name or not name:
             raise ConfigError(f"surface name {name!r} must be non-empty and contain no '/'")
         surfaces[name] = expand_surface(name, spec, cells, presets_dir, cache)
+    if not surfaces:
+        raise ConfigError("the workflow config defines no surfaces (all are switched off)")
     return Matrix(surfaces=surfaces, cells=cells)
 
 

@@ -38,5 +38,7 @@ rule aggregate:
     log:
         "logs/aggregate/{surface}.log",
     localrule: True
+    conda:
+        CONDA_ENV
     script:
         "../workflow_scripts/aggregate_surface.py"

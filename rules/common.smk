@@ -18,7 +18,8 @@ except ConfigError as exc:
 RESULTS = config["results_dir"]
 CHECKPOINTS = config["checkpoints_dir"]
 DATA = config["data_dir"]
-SURFACE_FILES = ("table.csv", "table.md", "table.tex", "figure.png", "figure.pdf", "seeds.json")
+# Used only with --software-deployment-method conda; `llqr` itself comes from the repo checkout.
+CONDA_ENV = f"../envs/{config.get('conda_env', 'cpu')}.yaml"
 
 
 wildcard_constraints:

@@ -7,6 +7,8 @@ rule prepare_digits:
     log:
         "logs/data/prepare_digits.log",
     localrule: True
+    conda:
+        CONDA_ENV
     script:
         "../workflow_scripts/prepare_digits.py"
 
@@ -22,6 +24,8 @@ rule fetch_raw:
         "logs/data/fetch_{dataset}_{file}.log",
     localrule: True
     retries: 0
+    conda:
+        CONDA_ENV
     script:
         "../workflow_scripts/fetch_raw.py"
 
@@ -35,5 +39,7 @@ rule index_imagenet:
     log:
         "logs/data/index_imagenet.log",
     localrule: True
+    conda:
+        CONDA_ENV
     script:
         "../workflow_scripts/index_imagenet.py"

@@ -19,5 +19,7 @@ rule train:
         "logs/train/{cell}.log",
     resources:
         **TRAIN_RESOURCES,
+    conda:
+        CONDA_ENV
     script:
         "../workflow_scripts/train_cell.py"

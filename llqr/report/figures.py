@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 from .layout import label_order, ordered_keys, variant_name
 
 MAX_COLUMNS = 4
+INSIDE_LEGEND = 6  # more variants than this: the legend goes under the panel, in two columns
 
 
 def _colors(n: int) -> list:
@@ -87,8 +88,10 @@ def _panel(ax, preset: str, surface: dict, variants: list, entries: pd.DataFrame
         drawn = drawn or not mine.empty
     if not drawn:
         _no_data(ax)
-    if handles:
-        ax.legend(handles=handles, fontsize="small" if len(handles) <= 6 else "x-small")
+    if len(handles) > INSIDE_LEGEND:
+        ax.legend(handles=handles, fontsize="x-small", ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    elif handles:
+        ax.legend(handles=handles, fontsize="small")
 
 
 def curves_figure(surface: dict, entries: pd.DataFrame, curves: pd.DataFrame) -> Figure:
@@ -97,7 +100,9 @@ def curves_figure(surface: dict, entries: pd.DataFrame, curves: pd.DataFrame) ->
     presets, axes = order["preset"], list(surface["axes"])
     ncols = min(MAX_COLUMNS, max(len(presets), 1))
     nrows = math.ceil(max(len(presets), 1) / ncols)
-    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 0.4), layout="constrained")
+    variants = ordered_keys(entries.to_dict("records"), axes, order)
+    below = math.ceil(len(variants) / 2) * 0.17 if len(variants) > INSIDE_LEGEND else 0.0  # room for legends
+    fig = Figure(figsize=(4.6 * ncols, (3.6 + below) * nrows + 0.4), layout="constrained")
     FigureCanvasAgg(fig)
     fig.suptitle(surface["title"])
     panels = fig.subplots(nrows, ncols, squeeze=False).ravel()
@@ -106,7 +111,6 @@ def curves_figure(surface: dict, entries: pd.DataFrame, curves: pd.DataFrame) ->
         return fig
     for ax in panels[len(presets):]:
         ax.set_visible(False)
-    variants = ordered_keys(entries.to_dict("records"), axes, order)
     runs = entries[["cell", "preset", *axes]].drop_duplicates()
     points = curves.merge(runs, on="cell")  # a shared cell's curve serves every position it fills
     colors = _colors(len(variants))

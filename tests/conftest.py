@@ -1,0 +1,39 @@
+"""Shared helpers: the repo, a Snakemake runner, tiny workflow configs written per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def run_snakemake(args, workdir: Path, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def write_yaml(path: Path, obj) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def presets_copy(tmp_path, monkeypatch):
+    """A private copy of config/presets that a test may edit (LLQR_PRESETS_DIR points at it)."""
+    target = tmp_path / "presets"
+    shutil.copytree(REPO / "config" / "presets", target)
+    monkeypatch.setenv("LLQR_PRESETS_DIR", str(target))
+    return target

@@ -1,0 +1,163 @@
+"""Surface expansion: cell counts of the paper matrix, shared cells, stable ids, config errors."""
+
+import copy
+
+import pytest
+
+from conftest import REPO, run_snakemake, write_yaml
+from llqr.config import ConfigError
+from llqr.matrix import expand, load_workflow_config
+
+# Per seed: llqr_cifar 8 presets x (baseline, ngd, newton); SAM surfaces per preset: LLQR-on
+# base_sam/base_fsam x 2 pairs (4) + LLQR-off base_sam/base_fsam (pairs inert: 2) + fisher_sam (1).
+PAPER_COUNTS = {
+    "llqr_cifar": 8 * 3 * 3,
+    "llqr_imagenet": 2 * 3,
+    "llqr_iwslt": 2 * 3,
+    "llqr_sam_cifar": 8 * 7 * 3,
+    "llqr_sam_imagenet": 2 * 7,
+    "llqr_sam_iwslt": (2 + 2 + 1) * 3,
+    "llqr_large_batch": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return expand(load_workflow_config(REPO / "config/config.yaml", REPO / "config/paper.yaml"))
+
+
+def test_paper_cell_count_per_surface(paper):
+    counts = {name: len(s.cell_ids) for name, s in paper.surfaces.items() if s.group == "paper"}
+    assert counts == PAPER_COUNTS
+    assert len({c for n in PAPER_COUNTS for c in paper.surfaces[n].cell_ids}) == sum(PAPER_COUNTS.values())
+
+
+def test_design_conventions_hold_in_every_paper_cell(paper):
+    for name in ("llqr_sam_cifar", "llqr_sam_imagenet", "llqr_sam_iwslt"):
+        for e in paper.surfaces[name].entries:
+            c = paper.cells[e.cell_id].config
+            if c["sam_mode"] == "fisher_sam":
+                assert c["perturbation_rho"] == 0.1 and c["perturb_mode"] == "ema_grad" and not c["use_preconditioner"]
+            elif e.labels["llqr"] == "on":
+                assert c["use_preconditioner"] and c["sam_use_preconditioner_on_update"]
+                assert c["perturb_mode"] == "ema_precond_grad"
+                if name == "llqr_sam_imagenet":
+                    assert c["perturbation_rho"] == 0.075
+                    # gbar_beta is read by base_fsam only; elsewhere it is inert and normalised away
+                    assert c["gbar_beta"] == (0.6 if c["sam_mode"] == "base_fsam" else 0.9)
+            else:
+                assert not c["use_preconditioner"] and not c["sam_use_preconditioner_on_update"]
+    for cid in paper.surfaces["llqr_large_batch"].cell_ids:
+        c = paper.cells[cid].config
+        assert c["llqr_batch_update_mode"] == "chunked_lqr_segment" and c["llqr_batch_update_chunk_size"] == 128
+
+
+def test_inert_toggle_collapses_to_one_trained_cell(paper):
+    surf = paper.surfaces["llqr_sam_cifar"]
+    fisher = {e.cell_id for e in surf.entries if e.labels["sam"] == "fisher_sam" and e.preset == "resnet18-cifar10"
+              and e.seed == 42}
+    assert len(fisher) == 1  # on/off x both pairs: one run
+
+
+def test_ids_are_readable_and_stable(paper):
+    ids = paper.surfaces["llqr_cifar"].cell_ids
+    assert "resnet18-cifar10/llqr=off/seed42" in ids
+    assert "resnet18-cifar10/div=newton,ema=0.9/seed43" in ids
+    again = expand(load_workflow_config(REPO / "config/config.yaml", REPO / "config/paper.yaml"))
+    assert again.cells.keys() == paper.cells.keys()
+
+
+def _demo():
+    return copy.deepcopy(load_workflow_config(REPO / "config/config.yaml"))
+
+
+def _surface(cfg):
+    return cfg["surfaces"]["demo_optimizers"]
+
+
+def _mutations():
+    def unknown_preset(c):
+        _surface(c)["presets"] = ["digits-mlpp"]
+
+    def empty_sweep(c):
+        _surface(c)["axes"]["optimizer"] = []
+
+    def empty_presets(c):
+        _surface(c)["presets"] = []
+
+    def empty_seeds(c):
+        _surface(c)["seeds"] = []
+
+    def duplicate_seed(c):
+        _surface(c)["seeds"] = [42, 42]
+
+    def duplicate_label(c):
+        _surface(c)["axes"]["optimizer"][1]["label"] = "sgd"
+
+    def duplicate_cells(c):
+        _surface(c)["axes"]["optimizer"].append({"label": "sgd-again", "set": {"optimizer": "sgd"}})
+
+    def bad_override_key(c):
+        _surface(c)["axes"]["optimizer"][0]["set"]["learning_rat"] = 0.1
+
+    def bad_override_value(c):
+        _surface(c)["axes"]["optimizer"][0]["set"]["learning_rate"] = -1
+
+    def rule_on_unknown_axis(c):
+        _surface(c)["rules"] = [{"when": {"optimiser": "sgd"}, "set": {"momentum": 0.5}}]
+
+    def rule_on_unknown_label(c):
+        _surface(c)["rules"] = [{"when": {"optimizer": "sdg"}, "set": {"momentum": 0.5}}]
+
+    def table_misses_axis(c):
+        _surface(c)["table"] = {"rows": ["preset"], "columns": ["optimizer"]}
+
+    def reserved_axis(c):
+        _surface(c)["axes"]["seed"] = [{"label": "x", "set": {}}]
+
+    def no_surfaces(c):
+        c["surfaces"] = {"demo_optimizers": None}
+
+    return {
+        "unknown preset": (unknown_preset, r"unknown preset 'digits-mlpp'.*did you mean 'digits-mlp'"),
+        "empty sweep": (empty_sweep, r"axis 'optimizer' is an empty sweep"),
+        "empty presets": (empty_presets, r"'presets' is empty"),
+        "empty seeds": (empty_seeds, r"'seeds' is empty"),
+        "duplicate seed": (duplicate_seed, r"duplicate seed 42"),
+        "duplicate label": (duplicate_label, r"duplicate label in axis 'optimizer': 'sgd'"),
+        "duplicate cell ids": (duplicate_cells, r"duplicate cell ids: variants 'sgd' and 'sgd-again'"),
+        "bad override key": (bad_override_key, r"unknown key 'learning_rat'.*did you mean 'learning_rate'"),
+        "bad override value": (bad_override_value, r"optimizer=sgd.*'learning_rate': bad value -1"),
+        "rule on unknown axis": (rule_on_unknown_axis, r"rule condition on unknown axis 'optimiser'"),
+        "rule on unknown label": (rule_on_unknown_label, r"rule condition optimizer='sdg' matches no variant"),
+        "table misses axis": (table_misses_axis, r"table rows \+ columns .* must name 'preset' and every axis"),
+        "reserved axis": (reserved_axis, r"axis name 'seed' is reserved"),
+        "no surfaces": (no_surfaces, r"defines no surfaces"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_mutations()))
+def test_bad_workflow_config_is_rejected(case):
+    mutate, message = _mutations()[case]
+    cfg = _demo()
+    mutate(cfg)
+    with pytest.raises(ConfigError, match=message):
+        expand(cfg)
+
+
+@pytest.mark.parametrize(
+    "mutation,message",
+    [
+        ({"surfaces": {"demo_optimizers": {"metric": "accuracy"}}}, "accuracy"),
+        ({"resutls_dir": "x"}, "resutls_dir"),
+        ({"surfaces": {"demo_optimizers": {"axes": {"optimizer": [{"label": "a", "set": {"learning_rat": 1}}]}}}},
+         "unknown key 'learning_rat'"),
+    ],
+    ids=["bad metric (schema)", "unknown top-level key (schema)", "bad key (matrix)"],
+)
+def test_snakemake_reports_config_errors_before_any_job(tmp_path, mutation, message):
+    extra = write_yaml(tmp_path / "bad.yaml", mutation)
+    proc = run_snakemake(["-n", "--cores", "1", "--configfile", str(extra)], tmp_path, check=False, timeout=120)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert message in out and "rule train" not in out
