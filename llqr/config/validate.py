@@ -104,25 +104,26 @@ def coerce_value(key: str, value):
         out = [_SCALAR[inner](key, v) for v in value]
     else:
         out = _SCALAR[kind](key, value)
-    _check_range(key, out, meta)
+    _check_range(key, out, meta, shown=value)
     return out
 
 
-def _check_range(key, value, meta):
+def _check_range(key, value, meta, shown):
+    """Check ``value``; errors show ``shown`` (what the user wrote)."""
     choices = meta["choices"]
     if choices is not None and value not in choices:
         allowed = ", ".join("null" if c is None else str(c) for c in choices)
-        raise _bad(key, value, f"allowed values are {allowed}{suggest(value, choices)}")
+        raise _bad(key, shown, f"allowed values are {allowed}{suggest(value, choices)}")
     values = value if isinstance(value, list) else [value]
     for v in values:
         if isinstance(v, str):
             continue
         if meta["minimum"] is not None and v < meta["minimum"]:
-            raise _bad(key, value, f"must be >= {meta['minimum']}")
+            raise _bad(key, shown, f"must be >= {meta['minimum']}")
         if meta["maximum"] is not None and v > meta["maximum"]:
-            raise _bad(key, value, f"must be <= {meta['maximum']}")
+            raise _bad(key, shown, f"must be <= {meta['maximum']}")
         if meta["gt"] is not None and v <= meta["gt"]:
-            raise _bad(key, value, f"must be > {meta['gt']}")
+            raise _bad(key, shown, f"must be > {meta['gt']}")
 
 
 def coerce_schedule(key: str, value) -> dict:

@@ -9,6 +9,7 @@ with their status, so a gap in the figure is never silent. Built on a bare Agg-b
 from __future__ import annotations
 
 import math
+import textwrap
 
 import pandas as pd
 from matplotlib import colormaps
@@ -104,7 +105,8 @@ def curves_figure(surface: dict, entries: pd.DataFrame, curves: pd.DataFrame) ->
     below = math.ceil(len(variants) / 2) * 0.17 if len(variants) > INSIDE_LEGEND else 0.0  # room for legends
     fig = Figure(figsize=(4.6 * ncols, (3.6 + below) * nrows + 0.4), layout="constrained")
     FigureCanvasAgg(fig)
-    fig.suptitle(surface["title"])
+    # wrap long titles to the figure width (~11 characters per inch at this size)
+    fig.suptitle(textwrap.fill(surface["title"], width=max(30, int(11 * 4.6 * ncols))), fontsize="medium")
     panels = fig.subplots(nrows, ncols, squeeze=False).ravel()
     if not presets:
         _no_data(panels[0])

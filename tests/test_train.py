@@ -1,0 +1,159 @@
+"""The training runner on the digits MLP: outputs, resume after a kill, divergence, data errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from llqr.config import resolve
+from llqr.data import digits
+from llqr.models import ModelNotAvailable
+from llqr.train.checkpoint import Checkpointer
+from llqr.train.loop import run
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    digits.prepare(root / "digits" / digits.FILENAME)
+    return root
+
+
+def _run(tmp_path, data_root, cell="t/default/seed42", **overrides):
+    cfg = resolve("digits-mlp-smoke", overrides)
+    lines = []
+    summary = run(cfg, cell_id=cell, results_dir=tmp_path / "results", checkpoints_dir=tmp_path / "ckpt",
+                  data_root=data_root, out=lines.append)
+    return summary, lines, tmp_path / "results" / "cells" / cell
+
+
+def test_run_writes_summary_metrics_and_record(tmp_path, data_root):
+    summary, lines, out = _run(tmp_path, data_root)
+    assert summary["status"] == "ok" and summary["total_steps"] == 45 and summary["steps"] == 44
+    assert 0 <= summary["final"]["value"] <= 100 and summary["final"]["step"] == 44
+    assert summary["best"]["value"] >= summary["final"]["value"]
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {e["event"] for e in events} == {"train", "eval", "final_eval"}
+    assert [e["step"] for e in events if e["event"] == "eval"] == [10, 20, 30, 40]
+    assert events[-1]["event"] == "final_eval" and events[-1]["test_accuracy"] == summary["final"]["value"]
+    record = json.loads((out / "record.json").read_text())
+    for key in ("command", "commit", "dirty", "host", "accelerator", "seed", "dataset_path", "config", "run_id",
+                "final", "best", "checkpoint_path"):
+        assert key in record, key
+    assert record["config"]["preset"] == "digits-mlp-smoke" and record["seed"]["init_key"] == 42
+    assert Path(record["checkpoint_path"]).is_dir()
+    assert any("step 40/44" in line and "steps/s" in line and "ETA" in line for line in lines)
+
+
+def test_training_learns(tmp_path, data_root):
+    summary, _, _ = _run(tmp_path, data_root, total_epochs=6)
+    assert summary["final"]["value"] > 80.0  # 10 classes: chance is 10%
+
+
+def test_absurd_learning_rate_ends_diverged_at_its_step(tmp_path, data_root):
+    summary, lines, out = _run(tmp_path, data_root, learning_rate=1e30)
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == 1 and summary["final"] is None
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1] == {"event": "diverged", "step": 1, "elapsed_s": events[-1]["elapsed_s"]}
+
+
+def test_corrupt_dataset_is_recorded_as_failed_data(tmp_path):
+    bad = tmp_path / "baddata" / "digits"
+    bad.mkdir(parents=True)
+    (bad / digits.FILENAME).write_bytes(b"not an npz")
+    summary, _, out = _run(tmp_path, tmp_path / "baddata")
+    assert summary["status"] == "failed-data" and "corrupt" in summary["message"]
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed-data"
+
+
+def test_missing_model_fails_clearly_before_data(tmp_path):
+    cfg = resolve("resnet18-cifar10", {"use_preconditioner": False})
+    with pytest.raises(ModelNotAvailable, match="model 'resnet18'.*not implemented.*available models: mlp"):
+        run(cfg, cell_id="x/default/seed42", results_dir=tmp_path, checkpoints_dir=tmp_path, data_root=tmp_path)
+
+
+def test_cli_reports_bad_config_with_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "llqr.train", "preset=digits-mlp", "ema_decay=2"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "key 'ema_decay': bad value 2: must be <= 1.0" in proc.stderr
+
+
+LONG = ["preset=digits-mlp-smoke", "total_epochs=60", "checkpoint_freq=100", "test_eval_freq=50", "keep_checkpoints=3"]
+
+
+def _cli(workdir: Path, extra=()):
+    return [sys.executable, "-m", "llqr.train", *LONG, *extra, "--data-root", str(workdir / "data")]
+
+
+def _committed_steps(ckpt_root: Path):
+    return sorted(int(p.name) for p in ckpt_root.glob("**/orbax/*") if p.name.isdigit() and (p / "commit_success.txt").exists())
+
+
+def _comparable(results: Path):
+    cell = next(results.glob("cells/**/summary.json")).parent
+    summary = json.loads((cell / "summary.json").read_text())
+    events = [json.loads(x) for x in (cell / "metrics.jsonl").read_text().splitlines()]
+    for e in events:
+        e.pop("elapsed_s")
+    return {k: summary[k] for k in ("status", "final", "best", "steps", "final_metrics")}, events
+
+
+def _final_params(ckpt_root: Path):
+    directory = next(ckpt_root.glob("**/orbax"))
+    ck = Checkpointer(directory)
+    step = ck.latest_step()
+    meta_dir = directory / str(step) / "state"
+    import orbax.checkpoint as ocp
+
+    state = ocp.StandardCheckpointer().restore(meta_dir)
+    return step, state["params"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, data_root, sig):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    for d in (ref, cut):
+        d.mkdir()
+        os.symlink(data_root, d / "data")
+    subprocess.run(_cli(ref), cwd=ref, env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(_cli(cut), cwd=cut, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not _committed_steps(cut / "checkpoints") and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "run finished before it could be interrupted; make LONG longer"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 75  # checkpointed at the step boundary; the workflow retries
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not (cut / "results").exists() or not list((cut / "results").glob("cells/**/summary.json"))
+
+    again = subprocess.run(_cli(cut), cwd=cut, env=env, check=True, capture_output=True, text=True)
+    resumed = [line for line in again.stdout.splitlines() if "resuming from checkpoint at step" in line]
+    assert resumed and int(resumed[0].split("step ")[1].split("/")[0]) > 0
+
+    assert _comparable(cut / "results") == _comparable(ref / "results")
+    (step_a, params_a), (step_b, params_b) = _final_params(ref / "checkpoints"), _final_params(cut / "checkpoints")
+    assert step_a == step_b
+    for (ka, a), (kb, b) in zip(sorted(_flat(params_a).items()), sorted(_flat(params_b).items())):
+        assert ka == kb and np.array_equal(np.asarray(a), np.asarray(b)), ka
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[prefix + k] = v
+    return out
