@@ -19,6 +19,9 @@ from llqr.train.schedules import build_schedule
 
 SPE = 390.625  # CIFAR-10 at batch 128: a fractional steps-per-epoch, as in the reference
 RTOL = 1e-5  # schedules compute in float32
+# optax's linear pieces compute (init - end) * (1 - frac) + end, so near a small value the
+# error is float32 rounding of the *largest* value involved; tolerate that, relative to the scale.
+EPS32 = 1.2e-7
 
 
 def sched(name: str, **params) -> dict:
@@ -26,10 +29,11 @@ def sched(name: str, **params) -> dict:
     return build_config({"lr_scheduler": {"name": name, **params}}).lr_scheduler
 
 
-def check(fn, expected, steps, atol=1e-8):
+def check(fn, expected, steps):
     """fn(step) for Python-int steps against expected(step), within float32 precision."""
     got = np.array([float(fn(s)) for s in steps])
     want = np.array([expected(s) for s in steps])
+    atol = EPS32 * np.max(np.abs(want))
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=atol, err_msg=f"steps {list(steps)}")
 
 
@@ -94,7 +98,7 @@ def test_warmup_cosine_decay():
         sched("warmup_cosine_decay", init_value=init, warmup_epochs=we, t_max=t_max, eta_min=end), peak, 30.0, SPE
     )
     check(fn, ref, [0, 1, 976, 1952, 1953, 1954, 4882, 7811, 7812, 7813, 20_000])
-    np.testing.assert_allclose(float(fn(0)), init, rtol=RTOL)
+    np.testing.assert_allclose(float(fn(0)), init, rtol=RTOL, atol=EPS32 * peak)
     np.testing.assert_allclose(float(fn(w)), peak, rtol=RTOL)
     np.testing.assert_allclose(float(fn(d)), end, rtol=RTOL)
 
@@ -169,7 +173,7 @@ def test_warmup_piecewise_decay(ratio):
     steps = [0, 1, 976, 1952, 1953, 1954, 11_717, 11_718, 11_719, 27_342, 27_343, 35_155, 35_156, 40_000]
     check(fn, ref, steps)
     if ratio:
-        np.testing.assert_allclose(float(fn(0)), init, rtol=RTOL)
+        np.testing.assert_allclose(float(fn(0)), init, rtol=RTOL, atol=EPS32 * base)
     np.testing.assert_allclose(float(fn(wm)), base, rtol=RTOL)
 
 
