@@ -1,13 +1,4 @@
 # Per surface: tables (CSV/Markdown/LaTeX), figure, seed list; all in the HTML report.
-import os
-
-
-def surface_inputs(wildcards):
-    surface = MATRIX.surfaces[wildcards.surface]
-    files = [f"{RESULTS}/cells/{cid}/summary.json" for cid in surface.cell_ids]
-    if config.get("allow_missing"):
-        files = [f for f in files if os.path.exists(f)]
-    return files
 
 
 rule aggregate:

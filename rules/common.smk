@@ -99,3 +99,12 @@ def _resource_fn(key):
 
 
 TRAIN_RESOURCES = {key: _resource_fn(key) for key in _train_resource_keys()}
+
+
+# --- aggregation inputs ---------------------------------------------------------------
+def surface_inputs(wildcards):
+    surface = MATRIX.surfaces[wildcards.surface]
+    files = [f"{RESULTS}/cells/{cid}/summary.json" for cid in surface.cell_ids]
+    if config.get("allow_missing"):
+        files = [f for f in files if os.path.exists(f)]
+    return files
