@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     ratio = real_s / base_s
     meets = ratio <= GOAL
 
-    print(f"dry-run of '{TARGET}' ({total} jobs: " + ", ".join(f"{k} {v}" for k, v in per_rule.items() if k != "total") + ")")
+    rules = ", ".join(f"{k} {v}" for k, v in per_rule.items() if k != "total")
+    print(f"dry-run of '{TARGET}' ({total} jobs: {rules})")
     print(f"{'':10s} {'median s':>9s}  runs")
     print(f"{'real':10s} {real_s:9.3f}  " + " ".join(f"{t:.2f}" for t in real_times))
     print(f"{'baseline':10s} {base_s:9.3f}  " + " ".join(f"{t:.2f}" for t in base_times))

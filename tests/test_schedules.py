@@ -210,7 +210,8 @@ def test_cosine_ramp_step_increase_defaults_target_base():
 
 
 def test_cosine_ramp_step_increase_explicit_target():
-    params = dict(init_value=0.01, target=0.5, ramp_start=10, ramp_end=110, step_start=150, step_every=7, step_delta=0.1)
+    params = dict(init_value=0.01, target=0.5, ramp_start=10, ramp_end=110)
+    params.update(step_start=150, step_every=7, step_delta=0.1)
     fn = build_schedule(sched("cosine_ramp_step_increase", **params), 99.0, 1.0, SPE)  # base ignored
     ref = ramp_ref(0.01, 0.5, 10, 110, 150, 7, 0.1)
     check(fn, ref, [0, 10, 11, 60, 109, 110, 149, 150, 156, 157, 200])
