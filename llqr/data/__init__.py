@@ -1,0 +1,31 @@
+"""Dataset registry: config dataset name -> loader of its prepared on-disk form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import DataError
+
+READY = ("digits",)
+
+
+def dataset_dir(cfg, data_root: str | Path = "data") -> Path:
+    return Path(cfg.dataset_dir) if cfg.dataset_dir else Path(data_root) / cfg.dataset
+
+
+def load_dataset(cfg, data_root: str | Path = "data", prepare_missing: bool = False):
+    """Load the prepared dataset of ``cfg``; raise DataError if it is missing or corrupt.
+    ``prepare_missing`` lets a stand-alone run create the shipped demo data on first use."""
+    directory = dataset_dir(cfg, data_root)
+    if cfg.dataset == "digits":
+        from . import digits
+
+        if prepare_missing and not (directory / digits.FILENAME).exists():
+            digits.prepare(directory / digits.FILENAME)
+        return digits.load(directory)
+    raise DataError(
+        f"dataset '{cfg.dataset}' has no loader in this version of llqr (available: {', '.join(READY)})"
+    )
+
+
+__all__ = ["DataError", "dataset_dir", "load_dataset"]

@@ -1,0 +1,69 @@
+"""scikit-learn's digits (8x8 grey images, 10 classes), shipped with scikit-learn: the demo data.
+
+``prepare`` writes it once to ``digits.npz`` (uint8 pixels 0..16, a fixed seeded 80/20
+split), so the demo's training jobs read a real on-disk dataset like every other cell.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .arrays import ArrayDataset, save_npz_atomic
+from .errors import DataError
+
+FILENAME = "digits.npz"
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0
+
+
+def prepare(out_path: Path) -> dict:
+    """Export the digits to ``out_path``; returns counts for the prep log."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.uint8)  # (1797, 8, 8), values 0..16
+    labels = bunch.target.astype(np.int32)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
+    n_test = int(round(TEST_FRACTION * len(labels)))
+    test, train = order[:n_test], order[n_test:]
+    save_npz_atomic(
+        out_path, x_train=images[train], y_train=labels[train], x_test=images[test], y_test=labels[test]
+    )
+    return {"train": int(len(train)), "test": int(len(test)), "classes": 10}
+
+
+def load(directory: Path) -> ArrayDataset:
+    path = Path(directory) / FILENAME
+    if not path.is_file():
+        raise DataError(
+            f"digits data not found at {path}; create it with `snakemake data/digits/{FILENAME}` "
+            f"or `python -m llqr.data.prepare digits {path}`"
+        )
+    try:
+        with np.load(path) as data:
+            missing = [k for k in KEYS if k not in data.files]
+            if missing:
+                raise DataError(f"{path} is incomplete: missing arrays {missing}; re-create it")
+            arrays = {k: data[k] for k in KEYS}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path} is corrupt ({exc}); delete it and re-create it") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or x.shape[1:] != (8, 8) or len(x) != len(y) or len(y) == 0:
+            raise DataError(f"{path}: {split} arrays have unexpected shapes {x.shape} / {y.shape}")
+        if y.min() < 0 or y.max() > 9:
+            raise DataError(f"{path}: {split} labels outside 0..9")
+    scale = lambda x: (x.astype(np.float32) / 16.0)[..., None]  # noqa: E731  (N, 8, 8, 1)
+    return ArrayDataset(
+        name="digits",
+        path=str(path),
+        x_train=scale(arrays["x_train"]),
+        y_train=arrays["y_train"].astype(np.int32),
+        x_test=scale(arrays["x_test"]),
+        y_test=arrays["y_test"].astype(np.int32),
+        num_classes=10,
+    )

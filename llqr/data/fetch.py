@@ -1,0 +1,65 @@
+"""Fetch a raw dataset archive once, verify its checksum, and explain what to do offline."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from .errors import DataError
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path: Path, checksums: dict) -> None:
+    for algorithm in ("sha256", "md5"):
+        expected = checksums.get(algorithm)
+        if expected and file_digest(path, algorithm) != expected.lower():
+            raise DataError(f"{path}: {algorithm} mismatch (expected {expected}); the file is corrupt or not the official one")
+
+
+def fetch(url: str, dest: Path, checksums: dict | None = None, local: str | None = None, timeout: float = 60) -> Path:
+    """Put the archive at ``dest``: copied from ``local`` if given, else downloaded from ``url``."""
+    dest = Path(dest)
+    checksums = checksums or {}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        if local:
+            if not Path(local).is_file():
+                raise DataError(f"configured local copy {local} does not exist")
+            shutil.copyfile(local, tmp)
+        else:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+                    total = int(resp.headers.get("Content-Length") or 0)
+                    done, last = 0, -1
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(chunk)
+                        done += len(chunk)
+                        pct = int(100 * done / total) if total else -1
+                        if pct >= last + 10:
+                            print(f"{dest.name}: {done >> 20} MiB" + (f" ({pct}%)" if total else ""), flush=True)
+                            last = pct
+            except OSError as exc:
+                want = ", ".join(f"{k} {v}" for k, v in checksums.items() if v) or "no checksum configured"
+                raise DataError(
+                    f"could not download {url} ({exc}). Without network access, download it elsewhere and "
+                    f"place it at {dest.absolute()} ({want}), or set its 'local' path in the config, then re-run."
+                ) from None
+        verify(Path(tmp), checksums)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
