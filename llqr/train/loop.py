@@ -26,6 +26,7 @@ from ..data import DataError, dataset_dir, load_dataset
 from ..data.stream import BatchStream
 from ..matrix import config_hash
 from ..models import build_model
+from ..optim import block_stats, get_blocks, make_llqr_fit, scale_by_llqr, set_blocks
 from . import records
 from .checkpoint import Checkpointer
 from .losses import accuracy_percent, smoothed_cross_entropy
@@ -63,11 +64,13 @@ def periodic(step: int, every: int, total_steps: int) -> bool:
 
 def check_supported(cfg: RunConfig) -> None:
     """Fail before loading data when the config needs a part that is not built yet."""
-    if cfg.use_preconditioner:
+    if cfg.use_preconditioner and cfg.precond_on_update:
         raise FeatureNotAvailable(
-            "use_preconditioner=true needs the LLQR preconditioner fit, which this version of llqr does "
-            "not implement yet; run with use_preconditioner=false"
+            "precond_on_update=true (P applied after the main optimizer) is research-only in the reference, "
+            "whose signs look inconsistent there; it is not implemented"
         )
+    if cfg.use_preconditioner and cfg.divergence in ("renyi_zero", "renyi_inf"):
+        raise FeatureNotAvailable(f"divergence={cfg.divergence} is research-only and not implemented")
     if cfg.sam_mode is not None:
         raise FeatureNotAvailable(f"sam_mode={cfg.sam_mode} is not implemented in this version of llqr")
     if cfg.dataset == "iwslt14_de_en":
@@ -138,7 +141,7 @@ def _make_fns(model, tx, cfg: RunConfig):
 
         (batch_stats, _), (losses, grads) = jax.lax.scan(micro, (state["batch_stats"], key), (xs, ys))
         grads = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
-        if scale != 1.0:  # the identity-initialised preconditioner is applied as I / s
+        if scale != 1.0 and not cfg.use_preconditioner:  # identity P is applied as I / s
             grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state)
@@ -153,7 +156,8 @@ def _make_fns(model, tx, cfg: RunConfig):
     def train_accuracy(params, batch_stats, x, y):
         return accuracy_percent(model.apply(variables(params, batch_stats), x, train=False), y)
 
-    return jax.jit(train_step, donate_argnums=0), jax.jit(eval_sums), jax.jit(train_accuracy)
+    fit = make_llqr_fit(lambda p, bs, x: model.apply(variables(p, bs), x, train=False), cfg)
+    return jax.jit(train_step, donate_argnums=0), jax.jit(eval_sums), jax.jit(train_accuracy), fit
 
 
 def _evaluate(eval_sums, state, data, batch_size: int) -> dict:
@@ -249,6 +253,12 @@ def run(
     model = build_model(cfg, num_classes=data.num_classes)
     lr = build_schedule(cfg.lr_scheduler, cfg.learning_rate, cfg.total_epochs, spe)
     tx = build_main_tx(cfg, lr)
+    if cfg.use_preconditioner:  # P g enters the main chain (momentum, weight decay act on it)
+        tx = optax.chain(scale_by_llqr(cfg.block_structure, cfg.precond_identity_scaling), tx)
+    precond_lr = build_schedule(cfg.precond_lr_scheduler, cfg.precond_lr, cfg.total_epochs, spe)
+    ema = build_schedule(cfg.ema_scheduler, cfg.ema_decay, cfg.total_epochs, spe)
+    every = build_schedule(cfg.precond_update_scheduler, cfg.update_preconditioner_every, cfg.total_epochs, spe)
+    until = cfg.update_preconditioner_until if cfg.update_preconditioner_until is not None else total_steps + 1
     variables = model.init(jax.random.PRNGKey(cfg.init_key), jnp.asarray(data.x_train[:1]), train=False)
     params = variables["params"]
     state = {
@@ -267,7 +277,7 @@ def run(
         out(f"[{cell_id}] resuming from checkpoint at step {start_step}/{total_steps - 1}")
     log = MetricsLog(paths.work / "metrics.jsonl", offset)
     history = [e for e in log.events() if e["event"] == "eval"]
-    train_step, eval_sums, train_acc = _make_fns(model, tx, cfg)
+    train_step, eval_sums, train_acc, llqr_fit = _make_fns(model, tx, cfg)
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     report_every = cfg.report_freq or cfg.logging_freq
     run_start = time.time()
@@ -317,6 +327,17 @@ def run(
                 history.append(event)
             if step == total_steps - 1:
                 break  # sentinel: eval and checkpoint only
+            if cfg.use_preconditioner and step < until and step % max(1, int(round(float(every(step))))) == 0:
+                n_batches = -(-cfg.precond_batch_size // cfg.batch_size)  # batches drawn from the train stream
+                idx = np.concatenate([stream.indices(cursor + i) for i in range(n_batches)])[: cfg.precond_batch_size]
+                cursor += n_batches
+                blocks, cost0, cost1 = llqr_fit(
+                    get_blocks(state["opt_state"]), state["params"], state["batch_stats"], data.x_train[idx],
+                    data.y_train[idx], float(precond_lr(step)), float(ema(step)))
+                state = dict(state, opt_state=set_blocks(state["opt_state"], blocks))
+                event = {"event": "precond", "step": step, "elapsed_s": round(elapsed(), 3),
+                         "lqr_cost_first": float(cost0), "lqr_cost_last": float(cost1), **block_stats(blocks)}
+                log.write(event)
             idx = [stream.indices(cursor + i) for i in range(cfg.grad_acc_steps)]
             cursor += cfg.grad_acc_steps
             xs = np.stack([data.x_train[i] for i in idx])

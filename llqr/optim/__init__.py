@@ -1,0 +1,23 @@
+"""LLQR preconditioning: structures, the LQR problem and fit, the optax transformation, exact references."""
+
+from .fit import make_llqr_fit
+from .lqr import Problem, fit_blocks, lqr_cost, make_problem, precond_cost_and_grad
+from .structures import FAMILIES, apply_blocks, block_stats, init_blocks
+from .transform import LLQRState, get_blocks, scale_by_llqr, set_blocks
+
+__all__ = [
+    "FAMILIES",
+    "LLQRState",
+    "Problem",
+    "apply_blocks",
+    "block_stats",
+    "fit_blocks",
+    "get_blocks",
+    "init_blocks",
+    "lqr_cost",
+    "make_llqr_fit",
+    "make_problem",
+    "precond_cost_and_grad",
+    "scale_by_llqr",
+    "set_blocks",
+]

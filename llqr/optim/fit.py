@@ -1,0 +1,53 @@
+"""The preconditioner update the runner calls every ``update_preconditioner_every`` steps."""
+
+from __future__ import annotations
+
+import jax
+
+from . import structures
+from .lqr import blend, fit_blocks, make_problem
+
+
+def chunk_size(cfg):
+    """Fit-batch chunking: the chunked LQR-segment route or per-sample-chunk second-order products
+    (the same sums, so the same P)."""
+    if cfg.llqr_batch_update_mode == "chunked_lqr_segment":
+        return cfg.llqr_batch_update_chunk_size
+    if cfg.llqr_second_order_mode == "sample_separable_exact":
+        return cfg.llqr_second_order_chunk_size
+    return None
+
+
+def make_llqr_fit(log_probs, cfg):
+    """Jitted ``fit(blocks, params, batch_stats, x, y, lr, ema) -> (blocks, first_cost, last_cost)``.
+
+    ``log_probs(params, batch_stats, x)`` is the inference-mode network (running BN stats, no
+    dropout). The fit starts from the current blocks (warm start) or from identity, runs
+    ``precond_steps`` clipped solver steps at rate ``lr``, blends with the old blocks by ``ema``
+    and clamps diagonal/scalar entries.
+    """
+
+    def fit(blocks, params, batch_stats, x, y, lr, ema):
+        problem = make_problem(
+            lambda p, xc: log_probs(p, batch_stats, xc),
+            params,
+            x,
+            y,
+            divergence=cfg.divergence,
+            order=cfg.divergence_order_param,
+            label_smoothing=cfg.label_smoothing,
+            damping=cfg.damping,
+            normalize_grad=cfg.normalize_grad_for_lqr,
+            chunk_size=chunk_size(cfg),
+            cache=cfg.llqr_operator_mode == "cached_exact",
+        )
+        start = blocks if cfg.warm_start_precond else structures.init_blocks(
+            cfg.block_structure, params, cfg.precond_identity_scaling)
+        fitted, costs = fit_blocks(problem, cfg.block_structure, start, steps=cfg.precond_steps, lr=lr,
+                                   solver=cfg.precond_solver, momentum=cfg.momentum, clip_norm=cfg.precond_clip_norm)
+        new = structures.clamp_blocks(cfg.block_structure, blend(blocks, fitted, ema), cfg.allow_grad_inversion)
+        first = costs[0] if cfg.precond_steps else 0.0
+        last = costs[-1] if cfg.precond_steps else 0.0
+        return new, first, last
+
+    return jax.jit(fit)
