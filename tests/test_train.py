@@ -85,7 +85,7 @@ def test_cli_reports_bad_config_with_exit_2(tmp_path):
     assert proc.returncode == 2 and "key 'ema_decay': bad value 2: must be <= 1.0" in proc.stderr
 
 
-LONG = ["preset=digits-mlp-smoke", "total_epochs=60", "checkpoint_freq=100", "test_eval_freq=50", "keep_checkpoints=3"]
+LONG = ["preset=digits-mlp-smoke", "total_epochs=120", "checkpoint_freq=100", "test_eval_freq=50", "keep_checkpoints=3"]
 
 
 def _cli(workdir: Path, extra=()):
@@ -131,9 +131,9 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path, data_root
         time.sleep(0.01)
     assert proc.poll() is None, "run finished before it could be interrupted; make LONG longer"
     proc.send_signal(sig)
-    proc.wait(timeout=60)
+    output = proc.communicate(timeout=60)[0]
     if sig == signal.SIGTERM:
-        assert proc.returncode == 75  # checkpointed at the step boundary; the workflow retries
+        assert proc.returncode == 75, output  # checkpointed at the step boundary; the workflow retries
     else:
         assert proc.returncode == -signal.SIGKILL
     assert not (cut / "results").exists() or not list((cut / "results").glob("cells/**/summary.json"))

@@ -24,8 +24,8 @@ def _as_matrix_shape(shape) -> tuple[int, int]:
     return int(np.prod(shape[:-1])), int(shape[-1])
 
 
-def _eye(n, s=1.0):
-    return s * jnp.eye(n, dtype=jnp.float32)
+def _eye(n, s=1.0, dtype=jnp.float32):
+    return s * jnp.eye(n, dtype=dtype)
 
 
 def _leaf_init(structure: str, leaf, s: float):
@@ -77,14 +77,15 @@ def _layers(params) -> dict:
 def init_blocks(structure: str, params, scale: float = 1.0):
     """Identity-initialised blocks for ``params`` (any pytree of arrays)."""
     if structure == "scalar":
-        return {k: jnp.asarray(scale, jnp.float32) for k in _layers(params)}
+        return {k: jnp.asarray(scale, jnp.result_type(*jax.tree_util.tree_leaves(v))) for k, v in _layers(params).items()}
     if structure == "dense":
         out = {}
         for k, layer in _layers(params).items():
-            n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(layer))
-            out[k] = _eye(n, scale)
+            leaves = jax.tree_util.tree_leaves(layer)
+            out[k] = _eye(sum(int(np.prod(x.shape)) for x in leaves), scale, jnp.result_type(*leaves))
         return out
-    return jax.tree_util.tree_map(lambda leaf: _leaf_init(structure, leaf, scale), params)
+    return jax.tree_util.tree_map(
+        lambda leaf: jax.tree_util.tree_map(lambda b: b.astype(leaf.dtype), _leaf_init(structure, leaf, scale)), params)
 
 
 def apply_blocks(structure: str, blocks, tree):

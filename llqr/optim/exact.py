@@ -1,0 +1,37 @@
+"""Exact second-order references for small models: dense Hessian/Fisher solves.
+
+Used by the oracle tests and the "exact vs relaxed" checks: the relaxed LLQR fit should approach
+-(H_D + λI)^-1 g, whose negation (the preconditioned gradient) these functions return.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+
+from ..train.losses import smoothed_cross_entropy
+from .divergences import terminal_cost
+
+
+def curvature_matrix(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5, label_smoothing=0.0):
+    """(H_D, g, unravel) with H_D the dense Hessian of the divergence-composed network (or loss)."""
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+    def loss(v):
+        return smoothed_cross_entropy(log_probs_fn(unravel(v), x), labels, label_smoothing)
+
+    cost = terminal_cost(divergence, order)
+    if cost is None:
+        objective = loss
+    else:
+        z_ref = jax.lax.stop_gradient(log_probs_fn(params, x))
+        objective = lambda v: cost(z_ref, log_probs_fn(unravel(v), x))  # noqa: E731
+    return jax.hessian(objective)(flat), jax.grad(loss)(flat), unravel
+
+
+def preconditioned_gradient(log_probs_fn, params, x, labels, *, divergence="ngd", damping=0.0, **kw):
+    """(H_D + λI)^-1 g as a params-shaped pytree: exact Newton (newton) or natural gradient (ngd,
+    with the Fisher summed over the batch as the LQR defines it)."""
+    H, g, unravel = curvature_matrix(log_probs_fn, params, x, labels, divergence=divergence, **kw)
+    return unravel(jnp.linalg.solve(H + damping * jnp.eye(H.shape[0], dtype=H.dtype), g))

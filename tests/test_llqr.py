@@ -1,0 +1,189 @@
+"""Oracle tests of the LLQR problem and fit against dense second-order references (float64)."""
+
+import flax.linen as nn
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from llqr.optim import FAMILIES, apply_blocks, fit_blocks, init_blocks, lqr_cost, make_problem, precond_cost_and_grad
+from llqr.optim import scale_by_llqr
+from llqr.optim.exact import curvature_matrix, preconditioned_gradient
+from llqr.optim.lqr import blend
+
+
+def _enable_x64():
+    ctx = getattr(jax, "enable_x64", None)
+    if ctx is None:
+        from jax._src import config as _config
+
+        ctx = _config.enable_x64
+    return ctx(True)
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with _enable_x64():
+        yield
+
+
+class TanhMLP(nn.Module):
+    """4 -> 5 -> 3 with tanh, so every stage has non-zero second-order terms."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.log_softmax(nn.Dense(3)(jnp.tanh(nn.Dense(5)(x))))
+
+
+class TinyCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.tanh(nn.Conv(2, (3, 3))(x))
+        return nn.log_softmax(nn.Dense(3)(x.reshape(x.shape[0], -1)))
+
+
+class SoftmaxRegression(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.log_softmax(nn.Dense(3)(x))
+
+
+def _setup(model, x_shape, n=6, seed=0):
+    kx, ky, kp = jax.random.split(jax.random.PRNGKey(seed), 3)
+    x = jax.random.normal(kx, (n, *x_shape), jnp.float64)
+    y = jax.random.randint(ky, (n,), 0, 3)
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), model.init(kp, x)["params"])
+    return (lambda p, xc: model.apply({"params": p}, xc)), params, x, y
+
+
+CASES = [(TanhMLP(), (4,)), (TinyCNN(), (4, 4, 1))]
+
+
+@pytest.mark.parametrize("divergence", ["newton", "ngd", "reverse_kl"])
+@pytest.mark.parametrize("case", range(len(CASES)), ids=["mlp", "cnn"])
+def test_lqr_cost_equals_quadratic_model_from_jax_hessian(case, divergence):
+    f, params, x, y = _setup(*CASES[case])
+    damping = 0.3
+    _, unravel = jax.flatten_util.ravel_pytree(params)
+    H, g = jax.jit(lambda p: curvature_matrix(f, p, x, y, divergence=divergence, label_smoothing=0.1)[:2])(params)
+
+    @jax.jit
+    def cost(p, u):
+        problem = make_problem(f, p, x, y, divergence=divergence, damping=damping, label_smoothing=0.1)
+        return lqr_cost(problem, unravel(u))
+
+    for seed in range(3):
+        u = jax.random.normal(jax.random.PRNGKey(10 + seed), g.shape, jnp.float64)
+        expected = 0.5 * u @ (H + damping * jnp.eye(len(u))) @ u + g @ u
+        np.testing.assert_allclose(cost(params, u), expected, rtol=1e-10)
+
+
+def test_ngd_curvature_is_the_summed_fisher_and_renyi_the_mean_fisher_times_alpha():
+    f, params, x, y = _setup(TanhMLP(), (4,))
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    n = x.shape[0]
+    # explicit GGN: sum_n J_n^T (diag p_n - p_n p_n^T) J_n, J_n the logits Jacobian (log-probs = logits up to shift)
+    logits = lambda v: f(unravel(v), x)  # noqa: E731
+    J = jax.jacobian(logits)(flat)  # (n, K, P)
+    p = jnp.exp(logits(flat))
+    fisher = sum(J[i].T @ (jnp.diag(p[i]) - jnp.outer(p[i], p[i])) @ J[i] for i in range(n))
+    H_ngd, _, _ = curvature_matrix(f, params, x, y, divergence="ngd")
+    np.testing.assert_allclose(H_ngd, fisher, atol=1e-12)
+    H_renyi, _, _ = curvature_matrix(f, params, x, y, divergence="renyi", order=0.3)
+    np.testing.assert_allclose(H_renyi, 0.3 * fisher / n, atol=1e-12)
+
+
+@pytest.mark.parametrize("divergence", ["newton", "ngd"])
+def test_dense_fit_converges_to_the_exact_direction(divergence):
+    f, params, x, y = _setup(SoftmaxRegression(), (4,), n=8)
+    damping = 0.5
+    exact = jax.flatten_util.ravel_pytree(preconditioned_gradient(f, params, x, y, divergence=divergence,
+                                                                  damping=damping))[0]
+    H, g, _ = curvature_matrix(f, params, x, y, divergence=divergence)
+    eig = jnp.linalg.eigvalsh(H + damping * jnp.eye(len(g)))
+    assert eig.min() > 0
+    lr = 1.0 / (eig.max() * (g @ g))  # stable step for the quadratic in P
+    start = init_blocks("dense", params)
+    errors = []
+    for steps in (3, 30, 300):
+
+        @jax.jit
+        def fit(p, start, steps=steps):
+            problem = make_problem(f, p, x, y, divergence=divergence, damping=damping)
+            blocks, costs = fit_blocks(problem, "dense", start, steps=steps, lr=lr, solver="sgd", clip_norm=1e9)
+            return apply_blocks("dense", blocks, problem.grad), costs
+
+        pg, costs = fit(params, start)
+        assert np.all(np.diff(np.asarray(costs)) <= 1e-12)  # J(P_k) non-increasing
+        direction = jax.flatten_util.ravel_pytree(pg)[0]
+        errors.append(float(jnp.linalg.norm(direction - exact) / jnp.linalg.norm(exact)))
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6, errors
+
+
+def test_precond_gradient_matches_autodiff_for_every_structure():
+    f, params, x, y = _setup(TinyCNN(), (4, 4, 1))
+    for structure in FAMILIES:
+        blocks = init_blocks(structure, params)
+        blocks = jax.tree_util.tree_map(
+            lambda b: b + 0.1 * jax.random.normal(jax.random.PRNGKey(b.size), b.shape, b.dtype), blocks)
+
+        @jax.jit
+        def both(p, blocks, structure=structure):
+            problem = make_problem(f, p, x, y, divergence="newton", damping=0.1)
+            direct = lambda b: lqr_cost(problem, jax.tree_util.tree_map(  # noqa: E731
+                jnp.negative, apply_blocks(structure, b, problem.grad)))
+            return precond_cost_and_grad(problem, structure, blocks), (direct(blocks), jax.grad(direct)(blocks))
+
+        (value, grads), (direct_value, direct_grads) = both(params, blocks)
+        np.testing.assert_allclose(value, direct_value, rtol=1e-10)
+        for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(direct_grads)):
+            np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [2, 4, 5])
+@pytest.mark.parametrize("divergence", ["newton", "ngd"])
+def test_chunked_and_low_memory_routes_equal_the_full_batch(chunk, divergence):
+    f, params, x, y = _setup(TinyCNN(), (4, 4, 1), n=8)
+    blocks = init_blocks("e-kfac", params)
+
+    @jax.jit
+    def routes(p, blocks):
+        full = make_problem(f, p, x, y, divergence=divergence, damping=0.2)
+        other = make_problem(f, p, x, y, divergence=divergence, damping=0.2, chunk_size=chunk, cache=False)
+        return [precond_cost_and_grad(q, "e-kfac", blocks) for q in (full, other)]
+
+    (v1, g1), (v2, g2) = routes(params, blocks)
+    np.testing.assert_allclose(v1, v2, rtol=1e-10)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_zero_lr_and_full_ema_leave_p_unchanged_and_nan_never_escapes():
+    f, params, x, y = _setup(TanhMLP(), (4,))
+    problem = make_problem(f, params, x, y, divergence="ngd")
+    start = init_blocks("diagonal", params)
+    fitted, _ = fit_blocks(problem, "diagonal", start, steps=5, lr=0.0)
+    assert all(jnp.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(fitted), jax.tree_util.tree_leaves(start)))
+    moved, _ = fit_blocks(problem, "diagonal", start, steps=5, lr=1.0)
+    kept = blend(start, moved, 1.0)
+    assert all(jnp.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(kept), jax.tree_util.tree_leaves(start)))
+    bad = problem._replace(curvature=lambda v: jax.tree_util.tree_map(lambda t: t * jnp.nan, v))
+    out, _ = fit_blocks(bad, "diagonal", start, steps=3, lr=1.0)
+    assert all(bool(jnp.all(jnp.isfinite(b))) for b in jax.tree_util.tree_leaves(out))
+
+
+def test_identity_llqr_transform_is_bit_identical_to_the_plain_optimizer():
+    f, params, x, y = _setup(TinyCNN(), (4, 4, 1))
+    g = jax.grad(lambda p: -jnp.mean(f(p, x)[jnp.arange(len(y)), y]))(params)
+    for structure in FAMILIES:
+        tx = optax.chain(scale_by_llqr(structure), optax.sgd(0.1, momentum=0.9))
+        plain = optax.sgd(0.1, momentum=0.9)
+        a, _ = tx.update(g, tx.init(params), params)
+        b, _ = plain.update(g, plain.init(params), params)
+        for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+            if structure.startswith("psd-"):  # diag = r^2 + eps: identity only to rounding
+                np.testing.assert_allclose(u, v, rtol=1e-7)
+            else:
+                assert jnp.array_equal(u, v), structure
