@@ -11,9 +11,10 @@ from llqr.matrix import expand, load_workflow_config
 
 pytestmark = pytest.mark.workflow
 
+DEFAULT_SURFACES = load_workflow_config(REPO / "config/config.yaml")["surfaces"]
 TINY = {
     "surfaces": {
-        "demo_optimizers": None,  # switch the default demo off; use this small surface instead
+        **{name: None for name in DEFAULT_SURFACES},  # switch the default demo off; use this small surface
         "tiny": {
             "group": "demo",
             "title": "Tiny digits surface",
