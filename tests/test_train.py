@@ -157,3 +157,23 @@ def _flat(tree, prefix=""):
         else:
             out[prefix + k] = v
     return out
+
+
+def _mean_train_loss(tmp_path, data_root, cell, **overrides):
+    cfg = resolve("digits-mlp", {"total_epochs": 6, "logging_freq": 5, "test_eval_freq": 1000,
+                                 "learning_rate": 0.02, **overrides})
+    run(cfg, cell_id=cell, results_dir=tmp_path / "r", checkpoints_dir=tmp_path / "c", data_root=data_root,
+        out=lambda _line: None)
+    events = [json.loads(x) for x in (tmp_path / "r" / "cells" / cell / "metrics.jsonl").read_text().splitlines()]
+    return float(np.mean([e["train_loss"] for e in events if e["event"] == "train"]))
+
+
+def test_qualitative_llqr_newton_lowers_training_loss_faster_per_step_than_sgd(tmp_path, data_root):
+    """QUALITATIVE check, not an oracle: on the digits MLP at the same lr (0.02), a diagonal
+    newton-LLQR preconditioner refitted every 10 steps gives a clearly lower mean training loss
+    over the first ~130 updates than plain SGD (measured: 1.29 vs 1.94)."""
+    sgd = _mean_train_loss(tmp_path, data_root, "q/sgd/seed42")
+    llqr = _mean_train_loss(tmp_path, data_root, "q/llqr/seed42", use_preconditioner=True, divergence="newton",
+                            block_structure="diagonal", damping=0.1, precond_lr=10.0, ema_decay=0.0,
+                            update_preconditioner_every=10, precond_batch_size=128)
+    assert llqr < 0.85 * sgd, (llqr, sgd)
