@@ -236,6 +236,12 @@ def _rule_applies(when: dict, labels: dict, preset: str) -> bool:
     return True
 
 
+def preset_base(preset: str | None, presets_dir=None) -> tuple[dict, dict]:
+    """(the preset's raw values, its fully resolved config): what cell ids are diffs against."""
+    values = load_preset(preset, presets_dir) if preset else {}
+    return values, build_config({**values, "preset": preset or ""}).to_dict()
+
+
 def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=None) -> Surface:
     """Expand one surface spec; add its cells to ``cells`` (shared across surfaces)."""
     _cache = {} if _cache is None else _cache
@@ -282,9 +288,7 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
     combos = list(itertools.product(*axes.values())) if axes else [()]
     for preset in presets:
         if preset not in _cache:
-            base_values = load_preset(preset, presets_dir)
-            base = build_config({**base_values, "preset": preset}).to_dict()
-            _cache[preset] = (base_values, base)
+            _cache[preset] = preset_base(preset, presets_dir)
         base_values, base = _cache[preset]
         for combo in combos:
             labels = {axis: lab for axis, (lab, _) in zip(axes, combo)}

@@ -187,3 +187,9 @@ def test_identity_llqr_transform_is_bit_identical_to_the_plain_optimizer():
                 np.testing.assert_allclose(u, v, rtol=1e-7)
             else:
                 assert jnp.array_equal(u, v), structure
+
+
+def test_chunking_a_non_separable_divergence_is_refused():
+    f, params, x, y = _setup(TanhMLP(), (4,))
+    with pytest.raises(ValueError, match="'renyi' is not a sum over samples"):
+        make_problem(f, params, x, y, divergence="renyi", chunk_size=2)

@@ -177,3 +177,17 @@ def test_qualitative_llqr_newton_lowers_training_loss_faster_per_step_than_sgd(t
                             block_structure="diagonal", damping=0.1, precond_lr=10.0, ema_decay=0.0,
                             update_preconditioner_every=10, precond_batch_size=128)
     assert llqr < 0.85 * sgd, (llqr, sgd)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"use_preconditioner": True, "precond_on_update": True}, "precond_on_update=true .* is not implemented"),
+    ({"use_preconditioner": True, "divergence": "renyi_inf"}, "divergence=renyi_inf is research-only"),
+    ({"use_preconditioner": False, "sam_mode": "fisher_sam"}, "sam_mode=fisher_sam is not implemented"),
+])
+def test_unavailable_features_fail_before_any_training(tmp_path, overrides, message):
+    from llqr.train.loop import FeatureNotAvailable
+
+    with pytest.raises(FeatureNotAvailable, match=message):
+        run(resolve("digits-mlp-smoke", overrides), cell_id="f/default/seed42", results_dir=tmp_path,
+            checkpoints_dir=tmp_path, data_root=tmp_path)
+    assert not list(tmp_path.rglob("summary.json"))

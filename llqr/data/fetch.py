@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
+from ..atomic import write_atomic
 from .errors import DataError
 
 
@@ -28,38 +27,38 @@ def verify(path: Path, checksums: dict) -> None:
 
 
 def fetch(url: str, dest: Path, checksums: dict | None = None, local: str | None = None, timeout: float = 60) -> Path:
-    """Put the archive at ``dest``: copied from ``local`` if given, else downloaded from ``url``."""
+    """Put the archive at ``dest``: copied from ``local`` if given, else downloaded from ``url``.
+    Only a verified file is moved into place."""
     dest = Path(dest)
     checksums = checksums or {}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         if local:
             if not Path(local).is_file():
                 raise DataError(f"configured local copy {local} does not exist")
             shutil.copyfile(local, tmp)
         else:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
-                    total = int(resp.headers.get("Content-Length") or 0)
-                    done, last = 0, -1
-                    for chunk in iter(lambda: resp.read(1 << 20), b""):
-                        out.write(chunk)
-                        done += len(chunk)
-                        pct = int(100 * done / total) if total else -1
-                        if pct >= last + 10:
-                            print(f"{dest.name}: {done >> 20} MiB" + (f" ({pct}%)" if total else ""), flush=True)
-                            last = pct
-            except OSError as exc:
-                want = ", ".join(f"{k} {v}" for k, v in checksums.items() if v) or "no checksum configured"
-                raise DataError(
-                    f"could not download {url} ({exc}). Without network access, download it elsewhere and "
-                    f"place it at {dest.absolute()} ({want}), or set its 'local' path in the config, then re-run."
-                ) from None
-        verify(Path(tmp), checksums)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+            _download(url, tmp, dest, checksums, timeout)
+        verify(tmp, checksums)
+
+    return write_atomic(dest, write)
+
+
+def _download(url: str, tmp: Path, dest: Path, checksums: dict, timeout: float) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0)
+            done, last = 0, -1
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                out.write(chunk)
+                done += len(chunk)
+                pct = int(100 * done / total) if total else -1
+                if pct >= last + 10:
+                    print(f"{dest.name}: {done >> 20} MiB" + (f" ({pct}%)" if total else ""), flush=True)
+                    last = pct
+    except OSError as exc:
+        want = ", ".join(f"{k} {v}" for k, v in checksums.items() if v) or "no checksum configured"
+        raise DataError(
+            f"could not download {url} ({exc}). Without network access, download it elsewhere and "
+            f"place it at {dest.absolute()} ({want}), or set its 'local' path in the config, then re-run."
+        ) from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-RESEARCH_ONLY = ("renyi_zero", "renyi_inf")
+RESEARCH_ONLY = ("renyi_zero", "renyi_inf")  # accepted by the config, refused before training
 
 
 def ngd(z_ref, z):

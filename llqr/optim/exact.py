@@ -12,22 +12,19 @@ import jax.numpy as jnp
 
 from ..train.losses import smoothed_cross_entropy
 from .divergences import terminal_cost
+from .lqr import curvature_objective
 
 
 def curvature_matrix(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5, label_smoothing=0.0):
     """(H_D, g, unravel) with H_D the dense Hessian of the divergence-composed network (or loss)."""
     flat, unravel = jax.flatten_util.ravel_pytree(params)
 
-    def loss(v):
-        return smoothed_cross_entropy(log_probs_fn(unravel(v), x), labels, label_smoothing)
+    def loss(p):
+        return smoothed_cross_entropy(log_probs_fn(p, x), labels, label_smoothing)
 
-    cost = terminal_cost(divergence, order)
-    if cost is None:
-        objective = loss
-    else:
-        z_ref = jax.lax.stop_gradient(log_probs_fn(params, x))
-        objective = lambda v: cost(z_ref, log_probs_fn(unravel(v), x))  # noqa: E731
-    return jax.hessian(objective)(flat), jax.grad(loss)(flat), unravel
+    objective = curvature_objective(terminal_cost(divergence, order), log_probs_fn, params, x, loss)
+    flat_fn = lambda f: (lambda v: f(unravel(v)))  # noqa: E731
+    return jax.hessian(flat_fn(objective))(flat), jax.grad(flat_fn(loss))(flat), unravel
 
 
 def preconditioned_gradient(log_probs_fn, params, x, labels, *, divergence="ngd", damping=0.0, **kw):

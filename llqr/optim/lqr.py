@@ -33,6 +33,15 @@ def tree_vdot(a, b):
 SEPARABLE = ("ngd", "reverse_kl", "newton")  # curvature is a sum over samples (newton: loss-weighted)
 
 
+def curvature_objective(cost, log_probs_fn, params, x, loss):
+    """The function of θ' whose Hessian at θ is H_D: the loss for newton (``cost`` None), else
+    D(z_ref, f(θ')) with z_ref = f(θ) held fixed."""
+    if cost is None:
+        return loss
+    z_ref = jax.lax.stop_gradient(log_probs_fn(params, x))
+    return lambda p: cost(z_ref, log_probs_fn(p, x))
+
+
 def _chunks(n: int, size: int | None):
     size = n if not size or size >= n else size
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
@@ -61,11 +70,7 @@ def make_problem(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5
             return weight * smoothed_cross_entropy(log_probs_fn(p, xc), yc, label_smoothing)
 
         grads.append(jax.grad(loss)(params))
-        if cost is None:
-            objective = loss
-        else:
-            z_ref = jax.lax.stop_gradient(log_probs_fn(params, xc))
-            objective = lambda p, z_ref=z_ref, xc=xc: cost(z_ref, log_probs_fn(p, xc))  # noqa: E731
+        objective = curvature_objective(cost, log_probs_fn, params, xc, loss)
         if cache:
             products.append(jax.linearize(jax.grad(objective), params)[1])
         else:

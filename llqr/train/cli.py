@@ -10,10 +10,9 @@ import argparse
 import shlex
 import sys
 
-from ..config import ConfigError, build_config, load_preset, parse_overrides, resolve
-from ..data import DataError
+from ..config import ConfigError, build_config, parse_overrides, resolve
 from ..matrix import cell_id as make_cell_id
-from ..matrix import normalise
+from ..matrix import normalise, preset_base
 from ..models import ModelNotAvailable
 
 EPILOG = """examples:
@@ -42,7 +41,7 @@ def resolve_cell(items: list[str]):
     overrides = parse_overrides(items)
     preset = overrides.pop("preset", None)
     cfg = resolve(preset, overrides)
-    base = build_config({**load_preset(preset), "preset": preset}).to_dict() if preset else build_config({}).to_dict()
+    _values, base = preset_base(preset)
     config = normalise(cfg.to_dict(), base)
     return build_config(config), make_cell_id(preset or "custom", config, base)
 
@@ -84,5 +83,3 @@ def main(argv=None) -> int:
         return 3
     return 0
 
-
-__all__ = ["main", "resolve_cell", "DataError"]

@@ -21,12 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ..atomic import write_text
 from ..config import RunConfig
 from ..data import DataError, dataset_dir, load_dataset
 from ..data.stream import BatchStream
 from ..matrix import config_hash
 from ..models import build_model
 from ..optim import block_stats, get_blocks, make_llqr_fit, scale_by_llqr, set_blocks
+from ..optim.divergences import RESEARCH_ONLY
 from . import records
 from .checkpoint import Checkpointer
 from .losses import accuracy_percent, smoothed_cross_entropy
@@ -69,7 +71,7 @@ def check_supported(cfg: RunConfig) -> None:
             "precond_on_update=true (P applied after the main optimizer) is research-only in the reference, "
             "whose signs look inconsistent there; it is not implemented"
         )
-    if cfg.use_preconditioner and cfg.divergence in ("renyi_zero", "renyi_inf"):
+    if cfg.use_preconditioner and cfg.divergence in RESEARCH_ONLY:
         raise FeatureNotAvailable(f"divergence={cfg.divergence} is research-only and not implemented")
     if cfg.sam_mode is not None:
         raise FeatureNotAvailable(f"sam_mode={cfg.sam_mode} is not implemented in this version of llqr")
@@ -243,8 +245,6 @@ def run(
     except DataError as exc:
         out(f"[{cell_id}] data error: {exc}")
         summary = _summary(cell_id, "failed-data", None, None, 0, 0, time.time() - t_start, message=str(exc))
-        paths.results.mkdir(parents=True, exist_ok=True)
-        (paths.results / "metrics.jsonl").write_text("")
         _write_outputs(paths, summary, base_record, live_metrics=None)
         return summary
     base_record["dataset_path"] = data.path
@@ -431,6 +431,8 @@ def _write_outputs(paths: CellPaths, summary: dict, record: dict, live_metrics: 
     """metrics first, summary last: a present summary.json means the other outputs are complete."""
     if live_metrics is not None:
         records.copy_atomic(live_metrics, paths.results / "metrics.jsonl")
+    else:  # no training happened (data error): an empty log keeps the declared outputs complete
+        write_text(paths.results / "metrics.jsonl", "")
     full_record = dict(record, status=summary["status"], final=summary["final"], best=summary["best"])
     full_record.update(total_steps=summary["total_steps"], spe=summary.get("spe"), wall_time_s=summary["wall_time_s"])
     records.write_json_atomic(paths.results / "record.json", full_record)

@@ -7,37 +7,18 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 
+from ..atomic import write_atomic, write_text
 from ..config.presets import REPO_ROOT
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def git_state(repo: Path = REPO_ROOT) -> dict:
