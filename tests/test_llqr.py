@@ -193,3 +193,68 @@ def test_chunking_a_non_separable_divergence_is_refused():
     f, params, x, y = _setup(TanhMLP(), (4,))
     with pytest.raises(ValueError, match="'renyi' is not a sum over samples"):
         make_problem(f, params, x, y, divergence="renyi", chunk_size=2)
+
+
+@pytest.mark.parametrize("divergence", ["newton", "ngd"])
+def test_exact_structure_applies_the_dense_solve(divergence):
+    from llqr.config import build_config
+    from llqr.optim import make_llqr_fit
+
+    f, params, x, y = _setup(TanhMLP(), (4,), n=8)
+    cfg = build_config({"block_structure": "exact", "divergence": divergence, "damping": 0.3})
+    fit = make_llqr_fit(lambda p, bs, xc: f(p, xc), cfg)
+    start = init_blocks("exact", params)
+    blocks, cost_old, cost_new = fit(start, params, {}, x, y, 1e-3, 0.0)
+    g = jax.grad(lambda p: -jnp.mean(f(p, x)[jnp.arange(len(y)), y]))(params)
+    want = preconditioned_gradient(f, params, x, y, divergence=divergence, damping=0.3)
+    got = apply_blocks("exact", blocks, g)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    H, _, _ = curvature_matrix(f, params, x, y, divergence=divergence)
+    if jnp.linalg.eigvalsh(H + 0.3 * jnp.eye(len(H))).min() > 0:  # the solve is then J's minimiser
+        assert cost_new < cost_old
+    half, _, _ = fit(start, params, {}, x, y, 1e-3, 0.5)  # EMA blends the matrices
+    np.testing.assert_allclose(half["P"], 0.5 * start["P"] + 0.5 * blocks["P"], rtol=1e-12)
+
+
+def test_exact_structure_refuses_large_models():
+    from llqr.optim.structures import EXACT_MAX_PARAMS, StructureTooLarge
+
+    params = {"w": jnp.zeros((EXACT_MAX_PARAMS + 1,))}
+    with pytest.raises(StructureTooLarge, match="at most 4096 parameters"):
+        init_blocks("exact", params)
+
+
+class TinyTransformer(nn.Module):
+    """Embedding, LayerNorm, self-attention and a readout: the stage kinds of the IWSLT model."""
+
+    @nn.compact
+    def __call__(self, tokens):
+        h = nn.Embed(7, 8)(tokens)
+        h = h + nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)(nn.LayerNorm()(h))
+        return nn.log_softmax(nn.Dense(3)(jnp.mean(h, axis=1)))
+
+
+def test_attention_embedding_and_norm_leaves_get_their_matrix_views_and_fit():
+    model = TinyTransformer()
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (6, 5), 0, 7)
+    y = jax.random.randint(jax.random.PRNGKey(2), (6,), 0, 3)
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(0), tokens)["params"])
+    f = lambda p, xc: model.apply({"params": p}, xc)  # noqa: E731
+    blocks = init_blocks("e-kfac", params)
+    attn = blocks["MultiHeadDotProductAttention_0"]
+    assert attn["query"]["kernel"]["QA"].shape == (8, 8)  # (emb, heads*head_dim), not (emb*heads, head_dim)
+    assert attn["query"]["kernel"]["QG"].shape == (8, 8)
+    assert attn["out"]["kernel"]["QA"].shape == (8, 8)  # (heads*head_dim, emb)
+    assert blocks["Embed_0"]["embedding"]["QA"].shape == (7, 7)
+    assert set(blocks["LayerNorm_0"]["scale"]) == {"d"}
+    for structure in [s for s in FAMILIES if not s.startswith("psd-")]:  # psd-* share the e-kfac views
+
+        @jax.jit
+        def fit(p, start, structure=structure):
+            problem = make_problem(f, p, tokens, y, divergence="ngd", damping=0.1)
+            return fit_blocks(problem, structure, start, steps=4, lr=1e-3)
+
+        fitted, costs = fit(params, init_blocks(structure, params))
+        assert all(bool(jnp.all(jnp.isfinite(b))) for b in jax.tree_util.tree_leaves(fitted)), structure
+        assert float(costs[-1]) <= float(costs[0]), structure

@@ -37,6 +37,7 @@ BLOCK_STRUCTURES = (
     "sep-e-kfac",
     "psd-e-kfac",
     "psd-sep-e-kfac",
+    "exact",  # ours: the dense (H_D + λI)^-1 over all parameters, for tiny models (exact vs relaxed)
 )
 SAM_MODES = (None, "base_sam", "base_fsam", "past_fsam", "asam", "fisher_sam")
 

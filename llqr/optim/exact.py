@@ -32,3 +32,20 @@ def preconditioned_gradient(log_probs_fn, params, x, labels, *, divergence="ngd"
     with the Fisher summed over the batch as the LQR defines it)."""
     H, g, unravel = curvature_matrix(log_probs_fn, params, x, labels, divergence=divergence, **kw)
     return unravel(jnp.linalg.solve(H + damping * jnp.eye(H.shape[0], dtype=H.dtype), g))
+
+
+def exact_inverse(log_probs_fn, params, x, labels, *, divergence="ngd", damping=0.0, normalize_grad=False, **kw):
+    """(P*, cost): P* = (H_D + λI)^-1 as a dense matrix over the flattened params (NaN-free), and
+    cost(P) = J(P) = 1/2 (Pg)^T (H_D + λI)(Pg) - g^T P g, the relaxed objective P* minimises."""
+    H, g, _ = curvature_matrix(log_probs_fn, params, x, labels, divergence=divergence, **kw)
+    if normalize_grad:
+        g = g / jnp.maximum(jnp.linalg.norm(g), 1e-30)
+    Hd = H + damping * jnp.eye(H.shape[0], dtype=H.dtype)
+    inverse = jnp.nan_to_num(jnp.linalg.solve(Hd, jnp.eye(H.shape[0], dtype=H.dtype)), nan=0.0, posinf=0.0,
+                             neginf=0.0)
+
+    def cost(P):
+        w = P @ g
+        return 0.5 * w @ (Hd @ w) - g @ w
+
+    return inverse, cost

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from . import structures
+from .exact import exact_inverse
 from .lqr import blend, fit_blocks, make_problem
 
 
@@ -24,8 +25,18 @@ def make_llqr_fit(log_probs, cfg):
     ``log_probs(params, batch_stats, x)`` is the inference-mode network (running BN stats, no
     dropout). The fit starts from the current blocks (warm start) or from identity, runs
     ``precond_steps`` clipped solver steps at rate ``lr``, blends with the old blocks by ``ema``
-    and clamps diagonal/scalar entries.
+    and clamps diagonal/scalar entries. ``block_structure=exact`` replaces the inner steps by the
+    dense solve P = (H_D + λI)^-1 (then the same EMA blend); its costs are J at the old and new P.
     """
+
+    def exact_fit(blocks, params, batch_stats, x, y, lr, ema):
+        del lr
+        f = lambda p, xc: log_probs(p, batch_stats, xc)  # noqa: E731
+        inverse, cost = exact_inverse(f, params, x, y, divergence=cfg.divergence, order=cfg.divergence_order_param,
+                                      label_smoothing=cfg.label_smoothing, damping=cfg.damping,
+                                      normalize_grad=cfg.normalize_grad_for_lqr)
+        new = blend(blocks, {"P": inverse}, ema)
+        return new, cost(blocks["P"]), cost(new["P"])
 
     def fit(blocks, params, batch_stats, x, y, lr, ema):
         problem = make_problem(
@@ -50,4 +61,4 @@ def make_llqr_fit(log_probs, cfg):
         last = costs[-1] if cfg.precond_steps else 0.0
         return new, first, last
 
-    return jax.jit(fit)
+    return jax.jit(exact_fit if cfg.block_structure == "exact" else fit)

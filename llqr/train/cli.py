@@ -59,6 +59,7 @@ def main(argv=None) -> int:
 
         print(json.dumps({"cell": args.cell_id or cid, "config": cfg.to_dict()}, indent=2))
         return 0
+    from ..optim.structures import StructureTooLarge
     from .loop import FeatureNotAvailable, Preempted, PREEMPTED_EXIT_CODE, run
 
     command = shlex.join(["python", "-m", "llqr.train", *argv])
@@ -75,6 +76,9 @@ def main(argv=None) -> int:
     except (ModelNotAvailable, FeatureNotAvailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
+    except StructureTooLarge as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     except Preempted as exc:
         print(str(exc), file=sys.stderr)
         return PREEMPTED_EXIT_CODE
