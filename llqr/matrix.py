@@ -37,6 +37,9 @@ ALIASES = {
     "llqr_batch_update_chunk_size": "chunk",
     "llqr_use_fast_paths": "fast_paths",
     "precond_batch_size": "pbs",
+    "update_preconditioner_every": "every",
+    "precond_steps": "psteps",
+    "precond_lr": "plr",
     "total_epochs": "epochs",
 }
 METRICS = {"test_accuracy": "max", "test_loss": "min", "train_loss": "min", "valid_bleu": "max", "test_bleu": "max"}
