@@ -66,6 +66,8 @@ class RunConfig:
     mlp_hidden: list = opt([100, 300], "list[int]", doc="Hidden widths of the MLP (ours; reference: 100, 300).")
     dataset: str = opt("digits", "str", choices=DATASETS, doc="Dataset.")
     dataset_dir: str = opt(None, "str", nullable=True, doc="Where the prepared dataset lives; null = data/<dataset>.")
+    crop_mode: str = opt("batch", "str", choices=("batch", "image"),
+                         doc="CIFAR random crop: one offset per batch (the reference) or per image.")
     dropout_rate: float = opt(0.0, "float", minimum=0.0, maximum=1.0, doc="Model dropout where the model has it.")
     # --- loop ------------------------------------------------------------------------
     batch_size: int = opt(128, "int", gt=0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import DataError
 
-READY = ("digits",)
+READY = ("digits", "cifar10", "cifar100")
 
 
 def dataset_dir(cfg, data_root: str | Path = "data") -> Path:
@@ -23,6 +23,10 @@ def load_dataset(cfg, data_root: str | Path = "data", prepare_missing: bool = Fa
         if prepare_missing and not (directory / digits.FILENAME).exists():
             digits.prepare(directory / digits.FILENAME)
         return digits.load(directory)
+    if cfg.dataset in ("cifar10", "cifar100"):
+        from . import cifar
+
+        return cifar.load(directory, cfg.dataset, seed=cfg.data_seed, crop_mode=cfg.crop_mode)
     raise DataError(
         f"dataset '{cfg.dataset}' has no loader in this version of llqr (available: {', '.join(READY)})"
     )

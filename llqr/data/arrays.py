@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -19,10 +20,17 @@ class ArrayDataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    # (stored training images, batch number) -> model inputs; None: the stored images are the inputs
+    augment: Callable[[np.ndarray, int], np.ndarray] | None = None
 
     @property
     def train_size(self) -> int:
         return int(self.x_train.shape[0])
+
+    def train_batch(self, indices: np.ndarray, batch_number: int) -> tuple[np.ndarray, np.ndarray]:
+        """The training batch at ``indices``, augmented as batch ``batch_number`` of the stream."""
+        x = self.x_train[indices]
+        return (self.augment(x, batch_number) if self.augment else x), self.y_train[indices]
 
 
 def save_npz_atomic(path: Path, **arrays) -> None:
