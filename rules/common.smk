@@ -56,7 +56,7 @@ def dataset_inputs(dataset):
     if dataset in ("cifar10", "cifar100", "iwslt14_de_en"):
         return [raw_archive(dataset)]
     if dataset == "imagenet":
-        return [f"{DATA}/imagenet/index.json"]
+        return [f"{DATA}/imagenet/shards/manifest.json"]
     return []
 
 

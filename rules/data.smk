@@ -43,3 +43,26 @@ rule index_imagenet:
         CONDA_ENV
     script:
         "../workflow_scripts/index_imagenet.py"
+
+
+# One pass over the user's ImageNet files into ~1 GiB tar shards + index (llqr/data/imagenet_pack.py).
+# Long and I/O-bound (~145 GB read and written): a cluster job, not a local rule. Training jobs copy
+# the shards to $SLURM_TMPDIR themselves. Resize with --set-resources pack_imagenet:runtime=...
+rule pack_imagenet:
+    input:
+        f"{DATA}/imagenet/index.json",
+    output:
+        f"{DATA}/imagenet/shards/manifest.json",
+    params:
+        shard_size_mb=1024,
+    log:
+        "logs/data/pack_imagenet.log",
+    threads: 4
+    resources:
+        cpus_per_task=4,
+        mem_mb=4000,
+        runtime=480,
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/pack_imagenet.py"

@@ -1,0 +1,25 @@
+# Snakemake `script:` for rule pack_imagenet: pack the user's ImageNet files (checked by index_imagenet)
+# into tar shards + index + manifest.json, once; training jobs stage and read those.
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
+from llqr.data.errors import DataError  # noqa: E402
+from llqr.data.imagenet_pack import pack  # noqa: E402
+
+log_path = Path(snakemake.log[0])
+log_path.parent.mkdir(parents=True, exist_ok=True)
+with open(log_path, "w") as log_fh:
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        log_fh.write(msg + "\n")
+        log_fh.flush()
+
+    source = json.loads(Path(snakemake.input[0]).read_text())["root"]
+    try:
+        pack(source, Path(snakemake.output[0]).parent, shard_size_mb=float(snakemake.params.shard_size_mb), log=log)
+    except DataError as exc:
+        log(f"error: {exc}")
+        sys.exit(f"error: {exc}")
