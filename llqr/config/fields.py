@@ -64,6 +64,9 @@ class RunConfig:
     preset: str = opt("", "str", doc="Name of the preset this config was resolved from.")
     model: str = opt("mlp", "str", choices=MODELS, doc="Architecture.")
     mlp_hidden: list = opt([100, 300], "list[int]", doc="Hidden widths of the MLP (ours; reference: 100, 300).")
+    wrn_layout: str = opt("reference", "str", choices=("reference", "standard"),
+                          doc="Ours: wide_resnet28x10 units per group: reference = 5 as the original code "
+                              "(46.2M params, really WRN-34-10), standard = 4 (WRN-28-10, 36.5M).")
     dataset: str = opt("digits", "str", choices=DATASETS, doc="Dataset.")
     dataset_dir: str = opt(None, "str", nullable=True, doc="Where the prepared dataset lives; null = data/<dataset>.")
     crop_mode: str = opt("batch", "str", choices=("batch", "image"),

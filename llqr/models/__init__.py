@@ -1,4 +1,10 @@
-"""Model registry: config model name -> Flax module."""
+"""Model registry: config model name -> Flax module.
+
+Every model maps NHWC (or flat, for the MLP) inputs to (N, K) log-probabilities, is called as
+``model.apply(variables, x, train=...)`` and keeps BatchNorm running averages in ``batch_stats``.
+The vision models are flat stage lists (``llqr.models.stages``): each Conv, BatchNorm and Dense is
+one top-level parameter group ``layers_i``, the preconditioner's controlled layer.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,48 @@ class ModelNotAvailable(RuntimeError):
     """The config names a model this version of llqr cannot build yet."""
 
 
-AVAILABLE = ("mlp",)
+AVAILABLE = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110")
 
 
 def build_model(cfg, num_classes: int):
-    if cfg.model == "mlp":
+    """The model ``cfg.model`` with ``num_classes`` outputs.
+
+    ``dropout_rate`` reaches the MLP and the wide ResNet (reference: 0); resnet18, resnet50 and
+    pyramidnet110 have no dropout layer; vgg16bn's two dropouts are fixed at the reference's 0.5,
+    so a non-zero ``dropout_rate`` there is a ConfigError rather than silently ignored.
+    """
+    name = cfg.model
+    if name == "mlp":
         from .mlp import MLP
 
         return MLP(hidden=tuple(cfg.mlp_hidden), num_classes=num_classes, dropout_rate=cfg.dropout_rate)
+    if name == "resnet18":
+        from .resnet18 import ResNet18
+
+        return ResNet18(num_classes=num_classes)
+    if name == "resnet50":
+        from .resnet50 import ResNet50
+
+        return ResNet50(num_classes=num_classes)
+    if name == "vgg16bn":
+        from .vgg import DROPOUT, VGG16BN
+
+        if cfg.dropout_rate:
+            from ..config import ConfigError
+
+            raise ConfigError(f"dropout_rate={cfg.dropout_rate}: vgg16bn's two dropouts are fixed at the "
+                             f"reference's {DROPOUT}; leave dropout_rate at 0")
+        return VGG16BN(num_classes=num_classes)
+    if name == "wide_resnet28x10":
+        from .wide_resnet import LAYOUTS, WideResNet
+
+        return WideResNet(num_classes=num_classes, units_per_group=LAYOUTS[cfg.wrn_layout],
+                          dropout_rate=cfg.dropout_rate)
+    if name == "pyramidnet110":
+        from .pyramidnet import PyramidNet
+
+        return PyramidNet(num_classes=num_classes)
     raise ModelNotAvailable(
-        f"model '{cfg.model}' (preset '{cfg.preset}') is not implemented in this version of llqr; "
+        f"model '{name}' (preset '{cfg.preset}') is not implemented in this version of llqr; "
         f"available models: {', '.join(AVAILABLE)}. The workflow still lists its cells (snakemake -n)."
     )
