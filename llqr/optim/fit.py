@@ -1,4 +1,14 @@
-"""The preconditioner update the runner calls every ``update_preconditioner_every`` steps."""
+"""The preconditioner update the runner calls every ``update_preconditioner_every`` steps.
+
+Routes. The curvature here is one global curvature-vector product, not the reference's
+stage-by-stage sweep, so the route knobs map as follows (all give the same P; see
+tests/test_llqr_routes.py): ``cached_exact`` linearises once per fit, both ``lowmem_exact_*``
+modes recompute the product by jvp-of-grad on every call (there are no per-stage transitions to
+keep or drop); ``chunked_lqr_segment`` and ``sample_separable_exact`` both sum per-chunk
+curvatures over the fit batch (the batch chunk size wins when both are set);
+``llqr_use_fast_paths`` selects the reference's shortcut for stages whose Hessian blocks are zero,
+which a global product never forms, so it changes nothing here.
+"""
 
 from __future__ import annotations
 
