@@ -184,14 +184,18 @@ def check_combinations(cfg: dict) -> None:
     if sam in ("base_sam", "base_fsam", "past_fsam", "asam"):
         if cfg["sam_use_preconditioner_on_update"] and not cfg["use_preconditioner"]:
             raise ConfigError(
-                f"sam_mode={sam} with sam_use_preconditioner_on_update=true needs use_preconditioner=true; "
-                "set sam_use_preconditioner_on_update=false for the LLQR-off toggle"
+                f"sam_mode={sam} with sam_use_preconditioner_on_update=true needs use_preconditioner=true "
+                "(got use_preconditioner=false): the outer update would apply an unfitted P. For the LLQR-off "
+                "toggle set use_preconditioner=false sam_use_preconditioner_on_update=false perturb_mode=ema_grad"
             )
     if sam in ("asam", "fisher_sam"):
-        if cfg["perturb_mode"] != "ema_grad":
-            raise ConfigError(f"sam_mode={sam} requires perturb_mode=ema_grad (got {cfg['perturb_mode']})")
-        if cfg["norm_mode"] != "euclidean":
-            raise ConfigError(f"sam_mode={sam} requires norm_mode=euclidean (got {cfg['norm_mode']})")
+        # these modes build their own scaled perturbation; D(v)'s transform and norm do not apply
+        for key, needed in (("perturb_mode", "ema_grad"), ("norm_mode", "euclidean")):
+            if cfg[key] != needed:
+                raise ConfigError(
+                    f"sam_mode={sam} requires {key}={needed} (got {key}={cfg[key]}); "
+                    f"perturb_mode and norm_mode only shape the base_sam/base_fsam/past_fsam perturbation"
+                )
     if cfg["llqr_batch_update_mode"] == "chunked_lqr_segment":
         if cfg["llqr_batch_update_chunk_size"] is None:
             raise ConfigError(

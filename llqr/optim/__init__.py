@@ -1,5 +1,6 @@
 """LLQR preconditioning: structures, the LQR problem and fit, the optax transformation, exact references."""
 
+from . import sam
 from .fit import make_llqr_fit
 from .lqr import Problem, fit_blocks, lqr_cost, make_problem, precond_cost_and_grad
 from .structures import FAMILIES, apply_blocks, block_stats, init_blocks
@@ -18,6 +19,7 @@ __all__ = [
     "make_llqr_fit",
     "make_problem",
     "precond_cost_and_grad",
+    "sam",
     "scale_by_llqr",
     "set_blocks",
 ]

@@ -2,9 +2,11 @@
 
 Step accounting, eval and logging cadence follow the reference runner (specs/training_surface.md
 section 1): ``total_steps = floor(mbpe * epochs / grad_acc) + 1`` with a final no-update sentinel
-step, eval before the update at ``periodic(s, test_eval_freq)``. Deviations, all deliberate: the
-data stream is seeded and replayable, a resumed run continues bit-exactly, and every run ends with
-an explicit final evaluation (the reference has none for classification).
+step, eval before the update at ``periodic(s, test_eval_freq)``. A SAM mode (section 2) runs as a
+second jitted step, chosen in Python from ``start_sam_after_step`` on. Deviations, all deliberate:
+the data stream is seeded and replayable, a resumed run continues bit-exactly, every run ends with
+an explicit final evaluation (the reference has none for classification), and fisher_sam fits no P
+(the reference fits one and never reads it).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ..data import DataError, dataset_dir, load_dataset
 from ..data.stream import BatchStream
 from ..matrix import config_hash
 from ..models import build_model
-from ..optim import block_stats, get_blocks, make_llqr_fit, scale_by_llqr, set_blocks
+from ..optim import apply_blocks, block_stats, get_blocks, make_llqr_fit, sam, scale_by_llqr, set_blocks
 from ..optim.divergences import RESEARCH_ONLY
 from . import records
 from .checkpoint import Checkpointer
@@ -74,7 +76,12 @@ def check_supported(cfg: RunConfig) -> None:
     if cfg.use_preconditioner and cfg.divergence in RESEARCH_ONLY:
         raise FeatureNotAvailable(f"divergence={cfg.divergence} is research-only and not implemented")
     if cfg.sam_mode is not None:
-        raise FeatureNotAvailable(f"sam_mode={cfg.sam_mode} is not implemented in this version of llqr")
+        for key, default in (("sam_research_base_vector_source", "current_gradient"),
+                             ("sam_research_perturb_sign", "ascent")):
+            if getattr(cfg, key) != default:
+                raise FeatureNotAvailable(
+                    f"{key}={getattr(cfg, key)} is a research-only SAM ablation and not implemented "
+                    f"(only {key}={default} is)")
     if cfg.dataset == "iwslt14_de_en":
         raise FeatureNotAvailable("translation training (iwslt14_de_en) is not implemented in this version of llqr")
 
@@ -115,8 +122,24 @@ class _SignalFlag:
             signal.signal(sig, old)
 
 
-def _make_fns(model, tx, cfg: RunConfig):
+def build_update_chain(cfg: RunConfig, lr) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """(configured chain, main optimizer). With the preconditioner on, the chain is
+    ``chain(scale_by_llqr, main)``: P g enters the main chain, so momentum and weight decay act on
+    it. Its state is the tuple (LLQRState, main state), which the vanilla SAM update relies on."""
+    main_tx = build_main_tx(cfg, lr)
+    if not cfg.use_preconditioner:
+        return main_tx, main_tx
+    return optax.chain(scale_by_llqr(cfg.block_structure, cfg.precond_identity_scaling), main_tx), main_tx
+
+
+def _make_fns(model, tx, cfg: RunConfig, main_tx=None):
+    """Jitted (train_step, sam_step, eval_sums, train_accuracy) and the LLQR fit.
+
+    ``tx`` is the configured update (``scale_by_llqr`` then ``main_tx`` when the preconditioner is
+    on, else ``main_tx`` alone). ``sam_step`` is None without a sam_mode.
+    """
     ls, scale = cfg.label_smoothing, cfg.precond_identity_scaling
+    main_tx = tx if main_tx is None else main_tx
 
     def variables(params, batch_stats):
         return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
@@ -131,9 +154,9 @@ def _make_fns(model, tx, cfg: RunConfig):
             out = model.apply(variables(params, batch_stats), x, train=True, rngs={"dropout": key})
         return smoothed_cross_entropy(out, y, ls), batch_stats
 
-    def train_step(state, xs, ys):
-        dropout_key, key = jax.random.split(state["dropout_key"])
-        params = state["params"]
+    def accumulate(params, batch_stats, key, xs, ys):
+        """Mean loss and mean gradient over the stacked micro-batches at fixed params, BN stats
+        threaded through, one key split per micro-batch; also returns the final stats and key."""
 
         def micro(carry, batch):
             batch_stats, k = carry
@@ -141,14 +164,76 @@ def _make_fns(model, tx, cfg: RunConfig):
             (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, *batch, sub)
             return (batch_stats, k), (loss, grads)
 
-        (batch_stats, _), (losses, grads) = jax.lax.scan(micro, (state["batch_stats"], key), (xs, ys))
+        (batch_stats, key), (losses, grads) = jax.lax.scan(micro, (batch_stats, key), (xs, ys))
         grads = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
+        return jnp.mean(losses), grads, batch_stats, key
+
+    def llqr_update(grads, opt_state, params):
+        """The configured update: P·g into the main chain (P = I/s when the preconditioner is off)."""
         if scale != 1.0 and not cfg.use_preconditioner:  # identity P is applied as I / s
             grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        return tx.update(grads, opt_state, params)
+
+    def vanilla_update(grads, opt_state, params):
+        """The main optimizer alone on g, sharing the configured chain's state: with the
+        preconditioner on, that state is (LLQRState, main state); P's part is passed through
+        untouched, so momentum, the LR count and the checkpoint layout are the same whichever update
+        a step uses."""
+        if not cfg.use_preconditioner:
+            return main_tx.update(grads, opt_state, params)
+        llqr_state, main_state = opt_state
+        updates, main_state = main_tx.update(grads, main_state, params)
+        return updates, (llqr_state, main_state)
+
+    def precond(opt_state):
+        """v -> P·v with the current blocks (undone identity scaling, as scale_by_llqr applies it)."""
+        if not cfg.use_preconditioner:
+            return lambda v: v if scale == 1.0 else jax.tree_util.tree_map(lambda x: x / scale, v)
+        blocks = get_blocks(opt_state)
+
+        def apply(v):
+            out = apply_blocks(cfg.block_structure, blocks, v)
+            return out if scale == 1.0 else jax.tree_util.tree_map(lambda x: x / scale, out)
+
+        return apply
+
+    def train_step(state, xs, ys):
+        dropout_key, key = jax.random.split(state["dropout_key"])
+        params = state["params"]
+        loss, grads, batch_stats, _ = accumulate(params, state["batch_stats"], key, xs, ys)
+        updates, opt_state = llqr_update(grads, state["opt_state"], params)
         new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state)
         new.update(batch_stats=batch_stats, dropout_key=dropout_key)
-        return new, jnp.mean(losses)
+        return new, loss
+
+    mode = cfg.sam_mode
+    # fisher_sam's outer update is always vanilla (P unused, the toggle inert)
+    outer = llqr_update if cfg.sam_use_preconditioner_on_update and mode != "fisher_sam" else vanilla_update
+
+    def sam_step(state, xs, ys, rho):
+        """One SAM step (specs/training_surface.md section 2). Two-pass modes: centre pass at θ with
+        key k, ε from g_c, perturbed pass at θ+ε on the same micro-batches with the key the centre
+        pass returned, starting from the step's BN stats (the centre pass's stats are dropped).
+        past_fsam: ε from the buffers, one pass at θ+ε with key k. The loss is the perturbed pass's;
+        the outer update acts on g_p at θ."""
+        dropout_key, key = jax.random.split(state["dropout_key"])
+        params, buffers = state["params"], state["sam"]
+        eps_of = lambda g_c: jax.lax.stop_gradient(sam.perturbation(  # noqa: E731
+            mode, params=params, buffers=buffers, g_c=g_c, rho=rho, precond=precond(state["opt_state"]),
+            perturb_mode=cfg.perturb_mode, norm_mode=cfg.norm_mode, gbar_eps=cfg.gbar_eps, asam_eta=cfg.asam_eta,
+            fisher_sam_eta=cfg.fisher_sam_eta))
+        if mode == "past_fsam":
+            g_c, key_p = None, key
+        else:
+            _, g_c, _, key_p = accumulate(params, state["batch_stats"], key, xs, ys)
+        perturbed = jax.tree_util.tree_map(jnp.add, params, eps_of(g_c))
+        loss, g_p, batch_stats, _ = accumulate(perturbed, state["batch_stats"], key_p, xs, ys)
+        updates, opt_state = outer(g_p, state["opt_state"], params)
+        new_buffers = sam.update_buffers(mode, buffers, g_c=g_c, g_p=g_p, beta=cfg.gbar_beta,
+                                         perturb_mode=cfg.perturb_mode, gbar_eps=cfg.gbar_eps)
+        new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state, sam=new_buffers)
+        new.update(batch_stats=batch_stats, dropout_key=dropout_key)
+        return new, loss
 
     def eval_sums(params, batch_stats, x, y):
         out = model.apply(variables(params, batch_stats), x, train=False)
@@ -159,7 +244,8 @@ def _make_fns(model, tx, cfg: RunConfig):
         return accuracy_percent(model.apply(variables(params, batch_stats), x, train=False), y)
 
     fit = make_llqr_fit(lambda p, bs, x: model.apply(variables(p, bs), x, train=False), cfg)
-    return jax.jit(train_step, donate_argnums=0), jax.jit(eval_sums), jax.jit(train_accuracy), fit
+    sam_jit = jax.jit(sam_step, donate_argnums=0) if mode is not None else None
+    return jax.jit(train_step, donate_argnums=0), sam_jit, jax.jit(eval_sums), jax.jit(train_accuracy), fit
 
 
 def _evaluate(eval_sums, state, data, batch_size: int) -> dict:
@@ -252,9 +338,11 @@ def run(
     spe, total_steps = step_accounting(cfg, data.train_size)
     model = build_model(cfg, num_classes=data.num_classes)
     lr = build_schedule(cfg.lr_scheduler, cfg.learning_rate, cfg.total_epochs, spe)
-    tx = build_main_tx(cfg, lr)
-    if cfg.use_preconditioner:  # P g enters the main chain (momentum, weight decay act on it)
-        tx = optax.chain(scale_by_llqr(cfg.block_structure, cfg.precond_identity_scaling), tx)
+    tx, main_tx = build_update_chain(cfg, lr)
+    rho = build_schedule(cfg.perturbation_rho_scheduler, cfg.perturbation_rho, cfg.total_epochs, spe)
+    sam_from = cfg.start_sam_after_step or 0  # null or 0: SAM from the first step
+    # fisher_sam never reads P, so it is not fitted (the reference fits it anyway and discards it)
+    fit_precond = cfg.use_preconditioner and cfg.sam_mode != "fisher_sam"
     precond_lr = build_schedule(cfg.precond_lr_scheduler, cfg.precond_lr, cfg.total_epochs, spe)
     ema = build_schedule(cfg.ema_scheduler, cfg.ema_decay, cfg.total_epochs, spe)
     every = build_schedule(cfg.precond_update_scheduler, cfg.update_preconditioner_every, cfg.total_epochs, spe)
@@ -267,6 +355,8 @@ def run(
         "opt_state": tx.init(params),
         "dropout_key": jax.random.PRNGKey(cfg.rng_seed),
     }
+    if cfg.sam_mode is not None:  # SAM buffers live in the state, so checkpoints carry them
+        state["sam"] = sam.init_buffers(cfg.sam_mode, params)
     stream = BatchStream(data.train_size, cfg.batch_size, cfg.data_seed)
     cursor, start_step, elapsed_before, offset = 0, 0, 0.0, None
     ckpt = Checkpointer(paths.work / "orbax", keep=cfg.keep_checkpoints) if cfg.preempt_handling else None
@@ -277,7 +367,7 @@ def run(
         out(f"[{cell_id}] resuming from checkpoint at step {start_step}/{total_steps - 1}")
     log = MetricsLog(paths.work / "metrics.jsonl", offset)
     history = [e for e in log.events() if e["event"] == "eval"]
-    train_step, eval_sums, train_acc, llqr_fit = _make_fns(model, tx, cfg)
+    train_step, sam_step, eval_sums, train_acc, llqr_fit = _make_fns(model, tx, cfg, main_tx)
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     report_every = cfg.report_freq or cfg.logging_freq
     run_start = time.time()
@@ -286,7 +376,10 @@ def run(
     pending: list = []  # (step, device loss) not yet checked for NaN
     diverged_at = None
     rate_t, rate_s = None, start_step
-    out(f"[{cell_id}] {total_steps - 1} updates ({spe:.3f} steps/epoch), model {cfg.model}, data {data.path}")
+    sam_note = ""
+    if cfg.sam_mode is not None:
+        sam_note = f", sam {cfg.sam_mode}" + (f" from step {sam_from}" if sam_from else "")
+    out(f"[{cell_id}] {total_steps - 1} updates ({spe:.3f} steps/epoch), model {cfg.model}{sam_note}, data {data.path}")
 
     def check_finite() -> int | None:
         if not pending:
@@ -327,7 +420,7 @@ def run(
                 history.append(event)
             if step == total_steps - 1:
                 break  # sentinel: eval and checkpoint only
-            if cfg.use_preconditioner and step < until and step % max(1, int(round(float(every(step))))) == 0:
+            if fit_precond and step < until and step % max(1, int(round(float(every(step))))) == 0:
                 n_batches = -(-cfg.precond_batch_size // cfg.batch_size)  # batches drawn from the train stream
                 idx = np.concatenate([stream.indices(cursor + i) for i in range(n_batches)])[: cfg.precond_batch_size]
                 cursor += n_batches
@@ -342,7 +435,10 @@ def run(
             cursor += cfg.grad_acc_steps
             xs = np.stack([data.x_train[i] for i in idx])
             ys = np.stack([data.y_train[i] for i in idx])
-            state, loss = train_step(state, xs, ys)
+            if sam_step is not None and step >= sam_from:  # before that: the plain step, buffers frozen
+                state, loss = sam_step(state, xs, ys, rho(step))
+            else:
+                state, loss = train_step(state, xs, ys)
             pending.append((step, loss))
             if periodic(step, cfg.logging_freq, total_steps) or step % report_every == 0:
                 diverged_at = check_finite()
