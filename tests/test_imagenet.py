@@ -235,3 +235,22 @@ def test_pack_imagenet_rule(packed, tmp_path):
     assert manifest["counts"] == {"train": 12, "val": 6} and manifest["source"]["layout"] == "archives"
     assert "pack_imagenet" in proc.stdout + proc.stderr
     assert "[pack_imagenet] done" in (tmp_path / "logs" / "data" / "pack_imagenet.log").read_text()
+
+
+def test_runner_trains_on_packed_imagenet(packed, tmp_path, monkeypatch):
+    """The runner end to end on the shards: prefetching worker pool, LLQR fit batches from the
+    stream, eval over the whole val split, pool closed afterwards."""
+    from llqr.config import build_config
+    from llqr.train.loop import run
+
+    monkeypatch.delenv("SLURM_TMPDIR", raising=False)
+    data_root = tmp_path / "data"
+    _copy(packed["shards"], data_root / "imagenet" / "shards")
+    cfg = build_config({"dataset": "imagenet", "model": "mlp", "mlp_hidden": [4], "batch_size": 4,
+                        "eval_batch_size": 5, "max_steps": 3, "precond_batch_size": 6, "precond_steps": 2,
+                        "update_preconditioner_every": 2, "test_eval_freq": 2})
+    summary = run(cfg, cell_id="imagenet-smoke/default/seed42", results_dir=tmp_path / "r",
+                  checkpoints_dir=tmp_path / "c", data_root=data_root, out=_quiet)
+    assert summary["status"] == "ok" and summary["steps"] == 3
+    n_val = len(packed["images"].val)
+    assert summary["final"]["value"] in {100.0 * k / n_val for k in range(n_val + 1)}

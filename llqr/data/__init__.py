@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import DataError
 
-READY = ("digits", "cifar10", "cifar100")
+READY = ("digits", "cifar10", "cifar100", "imagenet")
 
 
 def dataset_dir(cfg, data_root: str | Path = "data") -> Path:
@@ -27,6 +27,10 @@ def load_dataset(cfg, data_root: str | Path = "data", prepare_missing: bool = Fa
         from . import cifar
 
         return cifar.load(directory, cfg.dataset, seed=cfg.data_seed, crop_mode=cfg.crop_mode)
+    if cfg.dataset == "imagenet":
+        from . import imagenet
+
+        return imagenet.load(directory, seed=cfg.data_seed)
     raise DataError(
         f"dataset '{cfg.dataset}' has no loader in this version of llqr (available: {', '.join(READY)})"
     )

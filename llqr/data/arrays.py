@@ -32,6 +32,25 @@ class ArrayDataset:
         x = self.x_train[indices]
         return (self.augment(x, batch_number) if self.augment else x), self.y_train[indices]
 
+    @property
+    def test_size(self) -> int:
+        return int(self.x_test.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_test.shape[1:])
+
+    def eval_batches(self, batch_size: int):
+        """The whole test split in order, the last batch possibly smaller."""
+        for start in range(0, self.test_size, batch_size):
+            yield self.x_test[start:start + batch_size], self.y_test[start:start + batch_size]
+
+    def attach_stream(self, stream, depth: int | None = None) -> None:
+        """In-memory data needs no prefetching (the interface streaming datasets implement)."""
+
+    def close(self) -> None:
+        pass
+
 
 def save_npz_atomic(path: Path, **arrays) -> None:
     def write(tmp: Path) -> None:

@@ -11,6 +11,7 @@ an explicit final evaluation (the reference has none for classification), and fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -250,13 +251,18 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None):
 
 def _evaluate(eval_sums, state, data, batch_size: int) -> dict:
     loss_sum, correct = 0.0, 0
-    n = len(data.y_test)
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        l_sum, c = eval_sums(state["params"], state["batch_stats"], data.x_test[sl], data.y_test[sl])
+    for x, y in data.eval_batches(batch_size):
+        l_sum, c = eval_sums(state["params"], state["batch_stats"], x, y)
         loss_sum += float(l_sum)
         correct += int(c)
+    n = data.test_size
     return {"test_accuracy": 100.0 * correct / n, "test_loss": loss_sum / n}
+
+
+def _draw(data, stream, cursor: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` consecutive stream batches from ``cursor``, stacked on a new leading axis."""
+    batches = [data.train_batch(stream.indices(cursor + i), cursor + i) for i in range(count)]
+    return np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -334,168 +340,172 @@ def run(
         _write_outputs(paths, summary, base_record, live_metrics=None)
         return summary
     base_record["dataset_path"] = data.path
+    with contextlib.closing(data):  # worker pools of streaming datasets end with the run, whatever happens
 
-    spe, total_steps = step_accounting(cfg, data.train_size)
-    model = build_model(cfg, num_classes=data.num_classes)
-    lr = build_schedule(cfg.lr_scheduler, cfg.learning_rate, cfg.total_epochs, spe)
-    tx, main_tx = build_update_chain(cfg, lr)
-    rho = build_schedule(cfg.perturbation_rho_scheduler, cfg.perturbation_rho, cfg.total_epochs, spe)
-    sam_from = cfg.start_sam_after_step or 0  # null or 0: SAM from the first step
-    # fisher_sam never reads P, so it is not fitted (the reference fits it anyway and discards it)
-    fit_precond = cfg.use_preconditioner and cfg.sam_mode != "fisher_sam"
-    precond_lr = build_schedule(cfg.precond_lr_scheduler, cfg.precond_lr, cfg.total_epochs, spe)
-    ema = build_schedule(cfg.ema_scheduler, cfg.ema_decay, cfg.total_epochs, spe)
-    every = build_schedule(cfg.precond_update_scheduler, cfg.update_preconditioner_every, cfg.total_epochs, spe)
-    until = cfg.update_preconditioner_until if cfg.update_preconditioner_until is not None else total_steps + 1
-    variables = model.init(jax.random.PRNGKey(cfg.init_key), jnp.asarray(data.x_train[:1]), train=False)
-    params = variables["params"]
-    state = {
-        "params": params,
-        "batch_stats": variables.get("batch_stats", {}),
-        "opt_state": tx.init(params),
-        "dropout_key": jax.random.PRNGKey(cfg.rng_seed),
-    }
-    if cfg.sam_mode is not None:  # SAM buffers live in the state, so checkpoints carry them
-        state["sam"] = sam.init_buffers(cfg.sam_mode, params)
-    stream = BatchStream(data.train_size, cfg.batch_size, cfg.data_seed)
-    cursor, start_step, elapsed_before, offset = 0, 0, 0.0, None
-    ckpt = Checkpointer(paths.work / "orbax", keep=cfg.keep_checkpoints) if cfg.preempt_handling else None
-    if ckpt is not None and ckpt.latest_step() is not None:
-        start_step = ckpt.latest_step()
-        state, meta = ckpt.restore(start_step, state)
-        cursor, elapsed_before, offset = meta["cursor"], meta["elapsed_s"], meta["metrics_offset"]
-        out(f"[{cell_id}] resuming from checkpoint at step {start_step}/{total_steps - 1}")
-    log = MetricsLog(paths.work / "metrics.jsonl", offset)
-    history = [e for e in log.events() if e["event"] == "eval"]
-    train_step, sam_step, eval_sums, train_acc, llqr_fit = _make_fns(model, tx, cfg, main_tx)
-    eval_bs = cfg.eval_batch_size or cfg.batch_size
-    report_every = cfg.report_freq or cfg.logging_freq
-    run_start = time.time()
-    elapsed = lambda: elapsed_before + time.time() - run_start  # noqa: E731
-    last_saved = start_step if start_step else None
-    pending: list = []  # (step, device loss) not yet checked for NaN
-    diverged_at = None
-    rate_t, rate_s = None, start_step
-    sam_note = ""
-    if cfg.sam_mode is not None:
-        sam_note = f", sam {cfg.sam_mode}" + (f" from step {sam_from}" if sam_from else "")
-    out(f"[{cell_id}] {total_steps - 1} updates ({spe:.3f} steps/epoch), model {cfg.model}{sam_note}, data {data.path}")
+        spe, total_steps = step_accounting(cfg, data.train_size)
+        model = build_model(cfg, num_classes=data.num_classes)
+        lr = build_schedule(cfg.lr_scheduler, cfg.learning_rate, cfg.total_epochs, spe)
+        tx, main_tx = build_update_chain(cfg, lr)
+        rho = build_schedule(cfg.perturbation_rho_scheduler, cfg.perturbation_rho, cfg.total_epochs, spe)
+        sam_from = cfg.start_sam_after_step or 0  # null or 0: SAM from the first step
+        # fisher_sam never reads P, so it is not fitted (the reference fits it anyway and discards it)
+        fit_precond = cfg.use_preconditioner and cfg.sam_mode != "fisher_sam"
+        precond_lr = build_schedule(cfg.precond_lr_scheduler, cfg.precond_lr, cfg.total_epochs, spe)
+        ema = build_schedule(cfg.ema_scheduler, cfg.ema_decay, cfg.total_epochs, spe)
+        every = build_schedule(cfg.precond_update_scheduler, cfg.update_preconditioner_every, cfg.total_epochs, spe)
+        until = cfg.update_preconditioner_until if cfg.update_preconditioner_until is not None else total_steps + 1
+        # one compiled init: eager init compiles every initializer's random draw separately (minutes for a CNN on CPU)
+        init = jax.jit(model.init, static_argnames="train")
+        variables = init(jax.random.PRNGKey(cfg.init_key), jnp.zeros((1, *data.input_shape), jnp.float32), train=False)
+        params = variables["params"]
+        state = {
+            "params": params,
+            "batch_stats": variables.get("batch_stats", {}),
+            "opt_state": tx.init(params),
+            "dropout_key": jax.random.PRNGKey(cfg.rng_seed),
+        }
+        if cfg.sam_mode is not None:  # SAM buffers live in the state, so checkpoints carry them
+            state["sam"] = sam.init_buffers(cfg.sam_mode, params)
+        stream = BatchStream(data.train_size, cfg.batch_size, cfg.data_seed)
+        data.attach_stream(stream)
+        cursor, start_step, elapsed_before, offset = 0, 0, 0.0, None
+        ckpt = Checkpointer(paths.work / "orbax", keep=cfg.keep_checkpoints) if cfg.preempt_handling else None
+        if ckpt is not None and ckpt.latest_step() is not None:
+            start_step = ckpt.latest_step()
+            state, meta = ckpt.restore(start_step, state)
+            cursor, elapsed_before, offset = meta["cursor"], meta["elapsed_s"], meta["metrics_offset"]
+            out(f"[{cell_id}] resuming from checkpoint at step {start_step}/{total_steps - 1}")
+        log = MetricsLog(paths.work / "metrics.jsonl", offset)
+        history = [e for e in log.events() if e["event"] == "eval"]
+        train_step, sam_step, eval_sums, train_acc, llqr_fit = _make_fns(model, tx, cfg, main_tx)
+        eval_bs = cfg.eval_batch_size or cfg.batch_size
+        report_every = cfg.report_freq or cfg.logging_freq
+        run_start = time.time()
+        elapsed = lambda: elapsed_before + time.time() - run_start  # noqa: E731
+        last_saved = start_step if start_step else None
+        pending: list = []  # (step, device loss) not yet checked for NaN
+        diverged_at = None
+        rate_t, rate_s = None, start_step
+        sam_note = ""
+        if cfg.sam_mode is not None:
+            sam_note = f", sam {cfg.sam_mode}" + (f" from step {sam_from}" if sam_from else "")
+        out(f"[{cell_id}] {total_steps - 1} updates ({spe:.3f} steps/epoch), model {cfg.model}{sam_note}, data {data.path}")
 
-    def check_finite() -> int | None:
-        if not pending:
-            return None
-        values = np.asarray(jax.device_get([loss for _s, loss in pending]))
-        bad = np.flatnonzero(~np.isfinite(values))
-        first = pending[bad[0]][0] if bad.size else None
-        pending.clear()
-        return first
+        def check_finite() -> int | None:
+            if not pending:
+                return None
+            values = np.asarray(jax.device_get([loss for _s, loss in pending]))
+            bad = np.flatnonzero(~np.isfinite(values))
+            first = pending[bad[0]][0] if bad.size else None
+            pending.clear()
+            return first
 
-    def save(step: int):
-        nonlocal last_saved
-        if ckpt is None or last_saved == step:
-            return
-        meta = {"step": step, "cursor": cursor, "elapsed_s": elapsed(), "metrics_offset": log.offset}
-        ckpt.save(step, state, meta)
-        last_saved = step
+        def save(step: int):
+            nonlocal last_saved
+            if ckpt is None or last_saved == step:
+                return
+            meta = {"step": step, "cursor": cursor, "elapsed_s": elapsed(), "metrics_offset": log.offset}
+            ckpt.save(step, state, meta)
+            last_saved = step
 
-    with _SignalFlag() as flag:
-        step = start_step
-        while step < total_steps:
-            if flag.received is not None:
-                diverged_at = check_finite()
-                if diverged_at is None:
+        with _SignalFlag() as flag:
+            step = start_step
+            while step < total_steps:
+                if flag.received is not None:
+                    diverged_at = check_finite()
+                    if diverged_at is None:
+                        save(step)
+                        log.close()
+                        raise Preempted(step)
+                    break
+                if cfg.preempt_handling and step > 0 and step % cfg.checkpoint_freq == 0:
+                    diverged_at = check_finite()
+                    if diverged_at is not None:
+                        break
                     save(step)
-                    log.close()
-                    raise Preempted(step)
-                break
-            if cfg.preempt_handling and step > 0 and step % cfg.checkpoint_freq == 0:
+                if periodic(step, cfg.test_eval_freq, total_steps):
+                    event = {"event": "eval", "step": step, "elapsed_s": round(elapsed(), 3)}
+                    event.update(_evaluate(eval_sums, state, data, eval_bs))
+                    log.write(event)
+                    history.append(event)
+                if step == total_steps - 1:
+                    break  # sentinel: eval and checkpoint only
+                if fit_precond and step < until and step % max(1, int(round(float(every(step))))) == 0:
+                    n_batches = -(-cfg.precond_batch_size // cfg.batch_size)  # batches drawn from the train stream
+                    fx, fy = _draw(data, stream, cursor, n_batches)
+                    cursor += n_batches
+                    fx = fx.reshape(-1, *fx.shape[2:])[: cfg.precond_batch_size]
+                    fy = fy.reshape(-1)[: cfg.precond_batch_size]
+                    blocks, cost0, cost1 = llqr_fit(
+                        get_blocks(state["opt_state"]), state["params"], state["batch_stats"], fx, fy,
+                        float(precond_lr(step)), float(ema(step)))
+                    state = dict(state, opt_state=set_blocks(state["opt_state"], blocks))
+                    event = {"event": "precond", "step": step, "elapsed_s": round(elapsed(), 3),
+                             "lqr_cost_first": float(cost0), "lqr_cost_last": float(cost1), **block_stats(blocks)}
+                    log.write(event)
+                xs, ys = _draw(data, stream, cursor, cfg.grad_acc_steps)
+                cursor += cfg.grad_acc_steps
+                if sam_step is not None and step >= sam_from:  # before that: the plain step, buffers frozen
+                    state, loss = sam_step(state, xs, ys, rho(step))
+                else:
+                    state, loss = train_step(state, xs, ys)
+                pending.append((step, loss))
+                if periodic(step, cfg.logging_freq, total_steps) or step % report_every == 0:
+                    diverged_at = check_finite()
+                    if diverged_at is not None:
+                        break
+                    loss_v = float(loss)
+                    acc = float(train_acc(state["params"], state["batch_stats"], xs[-1], ys[-1]))
+                    if periodic(step, cfg.logging_freq, total_steps):
+                        log.write(
+                            {"event": "train", "step": step, "elapsed_s": round(elapsed(), 3), "train_loss": loss_v,
+                             "train_accuracy": acc}
+                        )
+                    if step % report_every == 0:
+                        now = time.time()
+                        rate = (step - rate_s) / (now - rate_t) if rate_t and now > rate_t else 0.0
+                        rate_t, rate_s = now, step
+                        last = f" test_acc {history[-1]['test_accuracy']:.2f}%" if history else ""
+                        eta = _fmt_eta((total_steps - 1 - step) / rate) if rate else "?"
+                        out(
+                            f"[{cell_id}] step {step}/{total_steps - 1} loss {loss_v:.4f} train_acc {acc:.1f}%{last}"
+                            f" | {rate:.1f} steps/s | ETA {eta}"
+                        )
+                step += 1
+            if diverged_at is None:
                 diverged_at = check_finite()
-                if diverged_at is not None:
-                    break
-                save(step)
-            if periodic(step, cfg.test_eval_freq, total_steps):
-                event = {"event": "eval", "step": step, "elapsed_s": round(elapsed(), 3)}
-                event.update(_evaluate(eval_sums, state, data, eval_bs))
-                log.write(event)
-                history.append(event)
-            if step == total_steps - 1:
-                break  # sentinel: eval and checkpoint only
-            if fit_precond and step < until and step % max(1, int(round(float(every(step))))) == 0:
-                n_batches = -(-cfg.precond_batch_size // cfg.batch_size)  # batches drawn from the train stream
-                idx = np.concatenate([stream.indices(cursor + i) for i in range(n_batches)])[: cfg.precond_batch_size]
-                cursor += n_batches
-                blocks, cost0, cost1 = llqr_fit(
-                    get_blocks(state["opt_state"]), state["params"], state["batch_stats"], data.x_train[idx],
-                    data.y_train[idx], float(precond_lr(step)), float(ema(step)))
-                state = dict(state, opt_state=set_blocks(state["opt_state"], blocks))
-                event = {"event": "precond", "step": step, "elapsed_s": round(elapsed(), 3),
-                         "lqr_cost_first": float(cost0), "lqr_cost_last": float(cost1), **block_stats(blocks)}
-                log.write(event)
-            idx = [stream.indices(cursor + i) for i in range(cfg.grad_acc_steps)]
-            cursor += cfg.grad_acc_steps
-            xs = np.stack([data.x_train[i] for i in idx])
-            ys = np.stack([data.y_train[i] for i in idx])
-            if sam_step is not None and step >= sam_from:  # before that: the plain step, buffers frozen
-                state, loss = sam_step(state, xs, ys, rho(step))
-            else:
-                state, loss = train_step(state, xs, ys)
-            pending.append((step, loss))
-            if periodic(step, cfg.logging_freq, total_steps) or step % report_every == 0:
-                diverged_at = check_finite()
-                if diverged_at is not None:
-                    break
-                loss_v = float(loss)
-                acc = float(train_acc(state["params"], state["batch_stats"], xs[-1], ys[-1]))
-                if periodic(step, cfg.logging_freq, total_steps):
-                    log.write(
-                        {"event": "train", "step": step, "elapsed_s": round(elapsed(), 3), "train_loss": loss_v,
-                         "train_accuracy": acc}
-                    )
-                if step % report_every == 0:
-                    now = time.time()
-                    rate = (step - rate_s) / (now - rate_t) if rate_t and now > rate_t else 0.0
-                    rate_t, rate_s = now, step
-                    last = f" test_acc {history[-1]['test_accuracy']:.2f}%" if history else ""
-                    eta = _fmt_eta((total_steps - 1 - step) / rate) if rate else "?"
-                    out(
-                        f"[{cell_id}] step {step}/{total_steps - 1} loss {loss_v:.4f} train_acc {acc:.1f}%{last}"
-                        f" | {rate:.1f} steps/s | ETA {eta}"
-                    )
-            step += 1
-        if diverged_at is None:
-            diverged_at = check_finite()
 
-    if diverged_at is not None:
-        log.write({"event": "diverged", "step": diverged_at, "elapsed_s": round(elapsed(), 3)})
-        out(f"[{cell_id}] non-finite loss at step {diverged_at}: status diverged")
-        best = _best(history, "test_accuracy", "max")
-        summary = _summary(cell_id, "diverged", None, best, diverged_at, total_steps, elapsed(), diverged_at=diverged_at)
-    else:
-        final_step = total_steps - 1
-        if history and history[-1]["step"] == final_step:
-            final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
+        if diverged_at is not None:
+            log.write({"event": "diverged", "step": diverged_at, "elapsed_s": round(elapsed(), 3)})
+            out(f"[{cell_id}] non-finite loss at step {diverged_at}: status diverged")
+            best = _best(history, "test_accuracy", "max")
+            summary = _summary(cell_id, "diverged", None, best, diverged_at, total_steps, elapsed(), diverged_at=diverged_at)
         else:
-            final = _evaluate(eval_sums, state, data, eval_bs)
-        log.write({"event": "final_eval", "step": final_step, "elapsed_s": round(elapsed(), 3), **final})
-        save(final_step)
-        series = history + [{"step": final_step, **final}]
-        summary = _summary(
-            cell_id,
-            "ok",
-            {"value": final["test_accuracy"], "step": final_step},
-            _best(series, "test_accuracy", "max"),
-            final_step,
-            total_steps,
-            elapsed(),
-        )
-        summary["final_metrics"] = final
-        out(f"[{cell_id}] done: test accuracy {final['test_accuracy']:.2f}% (best {summary['best']['value']:.2f}%)")
-    summary["spe"] = spe
-    log.close()
-    _write_outputs(paths, summary, base_record, live_metrics=log.path)
-    if ckpt is not None:
-        ckpt.close()
-    return summary
+            final_step = total_steps - 1
+            if history and history[-1]["step"] == final_step:
+                final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
+            else:
+                final = _evaluate(eval_sums, state, data, eval_bs)
+            log.write({"event": "final_eval", "step": final_step, "elapsed_s": round(elapsed(), 3), **final})
+            save(final_step)
+            series = history + [{"step": final_step, **final}]
+            summary = _summary(
+                cell_id,
+                "ok",
+                {"value": final["test_accuracy"], "step": final_step},
+                _best(series, "test_accuracy", "max"),
+                final_step,
+                total_steps,
+                elapsed(),
+            )
+            summary["final_metrics"] = final
+            out(f"[{cell_id}] done: test accuracy {final['test_accuracy']:.2f}% (best {summary['best']['value']:.2f}%)")
+        summary["spe"] = spe
+        log.close()
+        _write_outputs(paths, summary, base_record, live_metrics=log.path)
+        if ckpt is not None:
+            ckpt.close()
+        return summary
 
 
 def _best(series: list[dict], key: str, mode: str) -> dict | None:
