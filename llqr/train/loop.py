@@ -390,6 +390,9 @@ def run(
         if cfg.sam_mode is not None:
             sam_note = f", sam {cfg.sam_mode}" + (f" from step {sam_from}" if sam_from else "")
         out(f"[{cell_id}] {total_steps - 1} updates ({spe:.3f} steps/epoch), model {cfg.model}{sam_note}, data {data.path}")
+        if jax.local_device_count() > 1:
+            out(f"[{cell_id}] warning: {jax.local_device_count()} devices visible but this runner trains on one "
+                f"({jax.devices()[0]}); multi-device data parallelism is not implemented yet")
 
         def check_finite() -> int | None:
             if not pending:
