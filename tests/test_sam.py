@@ -11,9 +11,7 @@ transcriptions of the spec table (specs/training_surface.md section 2).
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +23,7 @@ from llqr.config import ConfigError, build_config, resolve
 from llqr.data import digits
 from llqr.optim import sam, set_blocks
 from llqr.train.loop import FeatureNotAvailable, _make_fns, build_update_chain, run
-from test_train import _committed_steps, _comparable, _final_params, _flat
+from test_train import _final_params, interrupted_run_matches_uninterrupted
 
 H = np.array([2.0, 0.5, 1.0])
 W0 = np.array([0.7, -1.2, 0.4])
@@ -388,32 +386,8 @@ def test_sigterm_mid_run_with_base_fsam_and_llqr_resumes_bit_exactly(tmp_path, d
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     cli = lambda d: [sys.executable, "-m", "llqr.train", *RESUME, "--data-root", str(d / "data")]  # noqa: E731
-    ref, cut = tmp_path / "ref", tmp_path / "cut"
-    for d in (ref, cut):
-        d.mkdir()
-        os.symlink(data_root, d / "data")
-    subprocess.run(cli(ref), cwd=ref, env=env, check=True, capture_output=True)
-
-    proc = subprocess.Popen(cli(cut), cwd=cut, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not _committed_steps(cut / "checkpoints") and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, "run finished before it could be interrupted; make RESUME longer"
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 75, output
-    assert not list(cut.glob("results/cells/**/summary.json"))
-
-    again = subprocess.run(cli(cut), cwd=cut, env=env, capture_output=True, text=True)
-    assert again.returncode == 0, again.stdout + again.stderr
-    resumed = [line for line in again.stdout.splitlines() if "resuming from checkpoint at step" in line]
-    assert resumed and int(resumed[0].split("step ")[1].split("/")[0]) > 0
-
-    assert _comparable(cut / "results") == _comparable(ref / "results")
-    (step_a, params_a), (step_b, params_b) = _final_params(ref / "checkpoints"), _final_params(cut / "checkpoints")
-    assert step_a == step_b
-    for (ka, a), (kb, b) in zip(sorted(_flat(params_a).items()), sorted(_flat(params_b).items())):
-        assert ka == kb and np.array_equal(np.asarray(a), np.asarray(b)), ka
+    ref, cut = interrupted_run_matches_uninterrupted(tmp_path, data_root, cli, env, signal.SIGTERM)
+    step_a = _final_params(ref / "checkpoints")[0]
     sam_a, sam_b = (_checkpointed_state(d / "checkpoints")["sam"] for d in (ref, cut))
     assert int(sam_a["count"]) == int(sam_b["count"]) == step_a
     for a, b in zip(jax.tree_util.tree_leaves(sam_a), jax.tree_util.tree_leaves(sam_b)):
