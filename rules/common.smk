@@ -53,8 +53,10 @@ def raw_archive(name):
 def dataset_inputs(dataset):
     if dataset == "digits":
         return [f"{DATA}/digits/digits.npz"]
-    if dataset in ("cifar10", "cifar100", "iwslt14_de_en"):
+    if dataset in ("cifar10", "cifar100"):
         return [raw_archive(dataset)]
+    if dataset == "iwslt14_de_en":  # prepared by rules/iwslt.smk
+        return [f"{DATA}/iwslt14_de_en/iwslt14.tokenized.de-en.tar.gz"]
     if dataset == "imagenet":
         return [f"{DATA}/imagenet/shards/manifest.json"]
     return []

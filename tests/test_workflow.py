@@ -127,3 +127,7 @@ def test_paper_dry_run_lists_every_cell_and_data_job(tmp_path):
     counts = _job_counts(proc.stdout)
     assert counts["train"] == 283 and counts["aggregate"] == 7
     assert counts["fetch_raw"] == 3 and counts["index_imagenet"] == 1  # CIFAR-10/100, IWSLT archive; ImageNet index
+    # IWSLT14 preparation chain (rules/iwslt.smk): tokenization once per language, the other steps once
+    assert {r: counts.get(r) for r in ("iwslt_extract", "iwslt_tokenize", "iwslt_clean", "iwslt_split", "iwslt_bpe",
+                                       "iwslt_pack")} == {"iwslt_extract": 1, "iwslt_tokenize": 2, "iwslt_clean": 1,
+                                                          "iwslt_split": 1, "iwslt_bpe": 1, "iwslt_pack": 1}

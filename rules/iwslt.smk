@@ -1,0 +1,131 @@
+# IWSLT14 de-en preparation (fairseq's prepare-iwslt14.sh as rules): raw archive -> extracted members
+# -> Moses-tokenized -> cleaned + lowercased -> train/valid/test -> joint BPE -> packed archive.
+# Every step is one declared output set under {DATA}/iwslt14_de_en/; llqr/data/iwslt_prep.py does the work.
+from llqr.data.iwslt_prep import LANGS, SPLITS, XML_SETS, members
+
+IWSLT = f"{DATA}/iwslt14_de_en"
+IWSLT_ARCHIVE = f"{IWSLT}/iwslt14.tokenized.de-en.tar.gz"
+IWSLT_REPORT = f"{IWSLT}/prep_report.json"
+
+
+def _iwslt_files(stage, names):
+    return {name.replace(".", "_"): f"{IWSLT}/{stage}/{name}" for name in names}
+
+
+_SPLIT_FILES = [f"{s}.{lang}" for s in SPLITS for lang in LANGS]
+
+
+rule iwslt_extract:
+    input:
+        raw_archive("iwslt14_de_en"),
+    output:
+        [f"{IWSLT}/extracted/{name}" for name in members()],
+    params:
+        step="extract",
+    log:
+        "logs/data/iwslt_extract.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/iwslt_prep.py"
+
+
+# Filters the train tag lines and Moses-tokenizes them and the five evaluation XMLs of one language.
+rule iwslt_tokenize:
+    input:
+        train=f"{IWSLT}/extracted/train.tags.de-en.{{lang}}",
+        xml=[f"{IWSLT}/extracted/IWSLT14.{name}.de-en.{{lang}}.xml" for name in XML_SETS],
+    output:
+        train=f"{IWSLT}/tok/train.tags.{{lang}}",
+        xml=[f"{IWSLT}/tok/{name}.{{lang}}" for name in XML_SETS],
+    wildcard_constraints:
+        lang="de|en",
+    params:
+        step="tokenize",
+    log:
+        "logs/data/iwslt_tokenize_{lang}.log",
+    threads: 8
+    resources:
+        cpus_per_task=8,
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/iwslt_prep.py"
+
+
+rule iwslt_clean:
+    input:
+        **{lang: f"{IWSLT}/tok/train.tags.{lang}" for lang in LANGS},
+    output:
+        **{lang: f"{IWSLT}/clean/train.tags.{lang}" for lang in LANGS},
+    params:
+        step="clean",
+    log:
+        "logs/data/iwslt_clean.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/iwslt_prep.py"
+
+
+rule iwslt_split:
+    input:
+        **{lang: f"{IWSLT}/clean/train.tags.{lang}" for lang in LANGS},
+        **{f"test_{lang}": [f"{IWSLT}/tok/{name}.{lang}" for name in XML_SETS] for lang in LANGS},
+    output:
+        [f"{IWSLT}/splits/{name}" for name in _SPLIT_FILES],
+    params:
+        step="split",
+    log:
+        "logs/data/iwslt_split.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/iwslt_prep.py"
+
+
+rule iwslt_bpe:
+    input:
+        [f"{IWSLT}/splits/{name}" for name in _SPLIT_FILES],
+    output:
+        [f"{IWSLT}/bpe/{name}" for name in _SPLIT_FILES + ["code"]],
+    params:
+        step="bpe",
+        merges=config["iwslt_bpe_merges"],
+    log:
+        "logs/data/iwslt_bpe.log",
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/iwslt_prep.py"
+
+
+# The packed archive the training jobs extract, plus line counts after every step.
+rule iwslt_pack:
+    input:
+        bpe=[f"{IWSLT}/bpe/{name}" for name in _SPLIT_FILES + ["code"]],
+        extracted=[f"{IWSLT}/extracted/train.tags.de-en.{lang}" for lang in LANGS],
+        tok=[f"{IWSLT}/tok/train.tags.{lang}" for lang in LANGS],
+        tok_test=[f"{IWSLT}/tok/{name}.{lang}" for name in XML_SETS for lang in LANGS],
+        clean=[f"{IWSLT}/clean/train.tags.{lang}" for lang in LANGS],
+        splits=[f"{IWSLT}/splits/{name}" for name in _SPLIT_FILES],
+    output:
+        archive=IWSLT_ARCHIVE,
+        report=IWSLT_REPORT,
+    params:
+        step="pack",
+    log:
+        "logs/data/iwslt_pack.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/iwslt_prep.py"
