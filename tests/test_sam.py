@@ -23,7 +23,7 @@ from llqr.config import ConfigError, build_config, resolve
 from llqr.data import digits
 from llqr.optim import sam, set_blocks
 from llqr.train.loop import FeatureNotAvailable, _make_fns, build_update_chain, run
-from test_train import _final_params, interrupted_run_matches_uninterrupted
+from test_train import _final_params, _flat, interrupted_run_matches_uninterrupted
 
 H = np.array([2.0, 0.5, 1.0])
 W0 = np.array([0.7, -1.2, 0.4])
