@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import re
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
@@ -136,7 +137,10 @@ def tokenize(lines: Sequence[str], lang: str, workers: int = 1, chunk_size: int 
     if workers <= 1 or len(chunks) <= 1:
         out = [_tokenize_chunk(chunk) for chunk in chunks]
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+        # forkserver: never fork a process that may have JAX's threads running (it can deadlock)
+        context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                              else "spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context) as pool:
             out = list(pool.map(_tokenize_chunk, chunks))
     return [line for chunk in out for line in chunk]
 
