@@ -33,8 +33,9 @@ import numpy as np
 
 from ..atomic import write_atomic, write_text
 from .errors import DataError
+from .fetch import file_digest
 from .imagenet_index import ARCHIVES, index, read_val_labels, val_number
-from .imagenet_shards import FORMAT, INDEX_DTYPE, MANIFEST, SPLITS, VERSION, index_name, sha256_file, shard_name
+from .imagenet_shards import FORMAT, INDEX_DTYPE, MANIFEST, SPLITS, VERSION, index_name, shard_name
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 DEFAULT_SHARD_MB = 1024
@@ -323,7 +324,7 @@ def pack(source, out_dir, shard_size_mb: float = DEFAULT_SHARD_MB, progress_ever
             splits[split] = {
                 "count": len(rows),
                 "shards": shards,
-                "index": {"name": path.name, "size": path.stat().st_size, "sha256": sha256_file(path)},
+                "index": {"name": path.name, "size": path.stat().st_size, "sha256": file_digest(path, "sha256")},
             }
             log(f"[pack_imagenet] {split}: {len(rows)} images in {len(shards)} shards "
                 f"({sum(s['size'] for s in shards) / 2**30:.2f} GiB)")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .fetch import file_digest
 
 FORMAT = "llqr-imagenet-shards"
 VERSION = 1
@@ -55,14 +56,6 @@ def manifest_files(manifest: dict) -> list[dict]:
         files.extend(info["shards"])
         files.append(info["index"])
     return files
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_dir(directory) -> Path:
@@ -107,7 +100,7 @@ def check(shard_dir, hashes: bool = False) -> dict:
         size = path.stat().st_size
         if size != f["size"]:
             problems.append(f"{f['name']} has {size} bytes, the manifest says {f['size']} (truncated or replaced)")
-        elif hashes and sha256_file(path) != f["sha256"]:
+        elif hashes and file_digest(path, "sha256") != f["sha256"]:
             problems.append(f"{f['name']} has the wrong SHA-256 (corrupt)")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
