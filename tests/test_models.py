@@ -23,6 +23,7 @@ from llqr.models.resnet50 import ResNet50
 from llqr.models.stages import layer_tags
 from llqr.models.vgg import VGG16BN
 from llqr.models.wide_resnet import WideResNet
+from llqr.optim.structures import num_params as n_params
 from llqr.train.losses import smoothed_cross_entropy
 
 CIFAR = (32, 32, 3)
@@ -41,10 +42,6 @@ COUNTS = [
     ("wide_resnet28x10", {"wrn_layout": "standard"}, 10, CIFAR, 36_479_194),
     ("wide_resnet28x10", {"wrn_layout": "standard"}, 100, CIFAR, 36_536_884),
 ]
-
-
-def n_params(tree) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
 def shapes(model, input_shape, batch=1):

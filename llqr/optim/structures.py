@@ -121,8 +121,7 @@ def init_blocks(structure: str, params, scale: float = 1.0):
     if structure == "dense":
         out = {}
         for k, layer in _layers(params).items():
-            leaves = jax.tree_util.tree_leaves(layer)
-            out[k] = _eye(sum(int(np.prod(x.shape)) for x in leaves), scale, jnp.result_type(*leaves))
+            out[k] = _eye(num_params(layer), scale, jnp.result_type(*jax.tree_util.tree_leaves(layer)))
         return out
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: jax.tree_util.tree_map(lambda b: b.astype(leaf.dtype),
