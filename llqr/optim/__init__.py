@@ -4,7 +4,7 @@ from . import sam
 from .fit import make_llqr_fit
 from .lqr import Problem, fit_blocks, lqr_cost, make_problem, precond_cost_and_grad
 from .structures import FAMILIES, apply_blocks, block_stats, init_blocks
-from .transform import LLQRState, get_blocks, scale_by_llqr, set_blocks
+from .transform import LLQRState, get_blocks, precondition, scale_by_llqr, set_blocks
 
 __all__ = [
     "FAMILIES",
@@ -19,6 +19,7 @@ __all__ = [
     "make_llqr_fit",
     "make_problem",
     "precond_cost_and_grad",
+    "precondition",
     "sam",
     "scale_by_llqr",
     "set_blocks",

@@ -22,16 +22,19 @@ class LLQRState(NamedTuple):
     fits: jnp.ndarray  # how many fitted blocks have been swapped in
 
 
+def precondition(structure: str, blocks, tree, identity_scale: float = 1.0):
+    """P·tree as applied in training: the block product divided by the identity scaling s."""
+    out = apply_blocks(structure, blocks, tree)
+    return out if identity_scale == 1.0 else jax.tree_util.tree_map(lambda x: x / identity_scale, out)
+
+
 def scale_by_llqr(structure: str = "diagonal", identity_scale: float = 1.0) -> optax.GradientTransformation:
     def init(params):
         return LLQRState(init_blocks(structure, params, identity_scale), jnp.zeros([], jnp.int32))
 
     def update(updates, state, params=None):
         del params
-        out = apply_blocks(structure, state.blocks, updates)
-        if identity_scale != 1.0:
-            out = jax.tree_util.tree_map(lambda x: x / identity_scale, out)
-        return out, state
+        return precondition(structure, state.blocks, updates, identity_scale), state
 
     return optax.GradientTransformation(init, update)
 

@@ -30,7 +30,7 @@ from ..data import DataError, dataset_dir, load_dataset
 from ..data.stream import BatchStream
 from ..matrix import config_hash
 from ..models import build_model
-from ..optim import apply_blocks, block_stats, get_blocks, make_llqr_fit, sam, scale_by_llqr, set_blocks
+from ..optim import block_stats, get_blocks, make_llqr_fit, precondition, sam, scale_by_llqr, set_blocks
 from ..optim.divergences import RESEARCH_ONLY
 from . import records
 from .checkpoint import Checkpointer
@@ -187,16 +187,11 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None):
         return updates, (llqr_state, main_state)
 
     def precond(opt_state):
-        """v -> P·v with the current blocks (undone identity scaling, as scale_by_llqr applies it)."""
+        """v -> P·v with the current blocks, as scale_by_llqr applies it (identity P = I/s when off)."""
         if not cfg.use_preconditioner:
             return lambda v: v if scale == 1.0 else jax.tree_util.tree_map(lambda x: x / scale, v)
         blocks = get_blocks(opt_state)
-
-        def apply(v):
-            out = apply_blocks(cfg.block_structure, blocks, v)
-            return out if scale == 1.0 else jax.tree_util.tree_map(lambda x: x / scale, out)
-
-        return apply
+        return lambda v: precondition(cfg.block_structure, blocks, v, scale)
 
     def train_step(state, xs, ys):
         dropout_key, key = jax.random.split(state["dropout_key"])
