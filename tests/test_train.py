@@ -85,6 +85,14 @@ def test_cli_reports_bad_config_with_exit_2(tmp_path):
     assert proc.returncode == 2 and "key 'ema_decay': bad value 2: must be <= 1.0" in proc.stderr
 
 
+def test_cli_refuses_the_exact_structure_on_a_large_model_with_exit_2(tmp_path, data_root):
+    proc = subprocess.run([sys.executable, "-m", "llqr.train", "preset=digits-mlp", "use_preconditioner=true",
+                           "block_structure=exact", "--data-root", str(data_root)],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2, proc.stderr
+    assert "config error: block_structure=exact materialises the 39810 x 39810 curvature" in proc.stderr
+
+
 LONG = ["preset=digits-mlp-smoke", "total_epochs=120", "checkpoint_freq=100", "test_eval_freq=50", "keep_checkpoints=3"]
 
 
