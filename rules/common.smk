@@ -22,9 +22,14 @@ DATA = config["data_dir"]
 CONDA_ENV = f"../envs/{config.get('conda_env', 'cpu')}.yaml"
 
 
+TRANSLATION_CORPORA = ("iwslt14_de_en", "synth_de_en")
+
+
 wildcard_constraints:
     cell=r"[^/]+/[^/]+/seed\d+",
     surface=r"[^/]+",
+    corpus="|".join(TRANSLATION_CORPORA),
+    lang="de|en",
 
 
 def surface_targets(group, required=False):
@@ -55,8 +60,8 @@ def dataset_inputs(dataset):
         return [f"{DATA}/digits/digits.npz"]
     if dataset in ("cifar10", "cifar100"):
         return [raw_archive(dataset)]
-    if dataset == "iwslt14_de_en":  # prepared by rules/iwslt.smk
-        return [f"{DATA}/iwslt14_de_en/iwslt14.tokenized.de-en.tar.gz"]
+    if dataset in TRANSLATION_CORPORA:  # prepared by rules/iwslt.smk
+        return [f"{DATA}/{dataset}/iwslt14.tokenized.de-en.tar.gz", f"{DATA}/{dataset}/numeric/metadata.json"]
     if dataset == "imagenet":
         return [f"{DATA}/imagenet/shards/manifest.json"]
     return []

@@ -17,7 +17,7 @@ rule fetch_raw:
     output:
         f"{DATA}/{{dataset}}/raw/{{file}}",
     wildcard_constraints:
-        dataset="cifar10|cifar100|iwslt14_de_en",
+        dataset="|".join(("cifar10", "cifar100") + TRANSLATION_CORPORA),
     params:
         source=lambda wc: config["data_sources"][wc.dataset],
     log:

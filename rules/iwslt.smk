@@ -1,15 +1,18 @@
 # IWSLT14 de-en preparation (fairseq's prepare-iwslt14.sh as rules): raw archive -> extracted members
 # -> Moses-tokenized -> cleaned + lowercased -> train/valid/test -> joint BPE -> packed archive.
-# Every step is one declared output set under {DATA}/iwslt14_de_en/; llqr/data/iwslt_prep.py does the work.
+# Every step is one declared output set under {DATA}/{corpus}/; llqr/data/iwslt_prep.py does the work.
+# {corpus} is the real IWSLT14 archive or the demo's synthetic one (same layout, same chain).
 from llqr.data.iwslt_prep import LANGS, SPLITS, XML_SETS, members
+from llqr.data.iwslt_cache import cache_files
 
-IWSLT = f"{DATA}/iwslt14_de_en"
+IWSLT = f"{DATA}/{{corpus}}"
 IWSLT_ARCHIVE = f"{IWSLT}/iwslt14.tokenized.de-en.tar.gz"
 IWSLT_REPORT = f"{IWSLT}/prep_report.json"
 
 
-def _iwslt_files(stage, names):
-    return {name.replace(".", "_"): f"{IWSLT}/{stage}/{name}" for name in names}
+def bpe_merges(wildcards):
+    source = config["data_sources"].get(wildcards.corpus, {})
+    return source.get("bpe_merges") or config["iwslt_bpe_merges"]
 
 
 _SPLIT_FILES = [f"{s}.{lang}" for s in SPLITS for lang in LANGS]
@@ -17,13 +20,13 @@ _SPLIT_FILES = [f"{s}.{lang}" for s in SPLITS for lang in LANGS]
 
 rule iwslt_extract:
     input:
-        raw_archive("iwslt14_de_en"),
+        lambda wc: raw_archive(wc.corpus),
     output:
         [f"{IWSLT}/extracted/{name}" for name in members()],
     params:
         step="extract",
     log:
-        "logs/data/iwslt_extract.log",
+        "logs/data/{corpus}/iwslt_extract.log",
     localrule: True
     conda:
         CONDA_ENV
@@ -39,12 +42,10 @@ rule iwslt_tokenize:
     output:
         train=f"{IWSLT}/tok/train.tags.{{lang}}",
         xml=[f"{IWSLT}/tok/{name}.{{lang}}" for name in XML_SETS],
-    wildcard_constraints:
-        lang="de|en",
     params:
         step="tokenize",
     log:
-        "logs/data/iwslt_tokenize_{lang}.log",
+        "logs/data/{corpus}/iwslt_tokenize_{lang}.log",
     threads: 8
     resources:
         cpus_per_task=8,
@@ -64,7 +65,7 @@ rule iwslt_clean:
     params:
         step="clean",
     log:
-        "logs/data/iwslt_clean.log",
+        "logs/data/{corpus}/iwslt_clean.log",
     localrule: True
     conda:
         CONDA_ENV
@@ -81,7 +82,7 @@ rule iwslt_split:
     params:
         step="split",
     log:
-        "logs/data/iwslt_split.log",
+        "logs/data/{corpus}/iwslt_split.log",
     localrule: True
     conda:
         CONDA_ENV
@@ -96,9 +97,9 @@ rule iwslt_bpe:
         [f"{IWSLT}/bpe/{name}" for name in _SPLIT_FILES + ["code"]],
     params:
         step="bpe",
-        merges=config["iwslt_bpe_merges"],
+        merges=bpe_merges,
     log:
-        "logs/data/iwslt_bpe.log",
+        "logs/data/{corpus}/iwslt_bpe.log",
     resources:
         mem_mb=4000,
         runtime=60,
@@ -123,7 +124,25 @@ rule iwslt_pack:
     params:
         step="pack",
     log:
-        "logs/data/iwslt_pack.log",
+        "logs/data/{corpus}/iwslt_pack.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/iwslt_prep.py"
+
+
+# The numeric cache (dictionaries, token ids and offsets) the training jobs load: built once per
+# archive as a declared output, never as a side effect of the first training job.
+rule iwslt_cache:
+    input:
+        IWSLT_ARCHIVE,
+    output:
+        [f"{IWSLT}/numeric/{name}" for name in cache_files()],
+    params:
+        step="cache",
+    log:
+        "logs/data/{corpus}/iwslt_cache.log",
     localrule: True
     conda:
         CONDA_ENV

@@ -14,7 +14,6 @@ import pytest
 from conftest import REPO
 from llqr.config import resolve
 from llqr.data import digits
-from llqr.models import ModelNotAvailable
 from llqr.train.checkpoint import Checkpointer
 from llqr.train.loop import run
 
@@ -73,10 +72,11 @@ def test_corrupt_dataset_is_recorded_as_failed_data(tmp_path):
     assert json.loads((out / "summary.json").read_text())["status"] == "failed-data"
 
 
-def test_missing_model_fails_clearly_before_data(tmp_path):
+def test_missing_translation_archive_is_recorded_with_the_rule_to_run(tmp_path):
     cfg = resolve("transformer-iwslt14-de-en", {"use_preconditioner": False})
-    with pytest.raises(ModelNotAvailable, match="not implemented.*available models: mlp, resnet18"):
-        run(cfg, cell_id="x/default/seed42", results_dir=tmp_path, checkpoints_dir=tmp_path, data_root=tmp_path)
+    summary = run(cfg, cell_id="x/default/seed42", results_dir=tmp_path, checkpoints_dir=tmp_path, data_root=tmp_path)
+    assert summary["status"] == "failed-data"
+    assert "iwslt14.tokenized.de-en.tar.gz" in summary["message"] and "iwslt_pack" in summary["message"]
 
 
 def test_cli_reports_bad_config_with_exit_2(tmp_path):

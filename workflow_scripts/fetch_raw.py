@@ -8,7 +8,7 @@ from llqr.data.fetch import fetch  # noqa: E402
 
 src = snakemake.params.source
 try:
-    fetch(src["url"], Path(snakemake.output[0]), {k: src.get(k) for k in ("md5", "sha256")}, src.get("local"))
+    fetch(src.get("url"), Path(snakemake.output[0]), {k: src.get(k) for k in ("md5", "sha256")}, src.get("local"))
 except DataError as exc:
     Path(snakemake.log[0]).write_text(f"{exc}\n")
     sys.exit(f"error: {exc}")

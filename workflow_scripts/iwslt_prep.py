@@ -1,18 +1,14 @@
 # Snakemake `script:` for the iwslt_* rules (rules/iwslt.smk): one preparation step per rule,
-# chosen by params.step; the work is in llqr/data/iwslt_prep.py.
+# chosen by params.step; the work is in llqr/data/iwslt_prep.py and llqr/data/iwslt_cache.py.
+# Everything runs under the __main__ guard: the tokenizer's worker processes (forkserver) import
+# this file again as their main module, where `snakemake` does not exist.
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
-from llqr.data import iwslt_prep as prep  # noqa: E402
-from llqr.data.errors import DataError  # noqa: E402
 
-sm = snakemake  # noqa: F821
-step = sm.params.step
-
-
-def run():
+def run(sm, prep):
+    step = sm.params.step
     if step == "extract":
         return prep.extract(sm.input[0], Path(sm.output[0]).parent)
     if step == "tokenize":
@@ -33,13 +29,26 @@ def run():
         stages = {stage: {Path(p).parent.name + "/" + Path(p).name: p for p in getattr(sm.input, stage)}
                   for stage in ("extracted", "tok", "tok_test", "clean", "splits", "bpe")}
         return prep.report(stages, sm.output.report)
+    if step == "cache":
+        from llqr.data.iwslt_cache import build_cache_from_archive
+
+        return build_cache_from_archive(sm.input[0], Path(sm.output[0]).parent)
     raise ValueError(f"unknown iwslt step {step!r}")
 
 
-log_path = Path(sm.log[0])
-log_path.parent.mkdir(parents=True, exist_ok=True)
-try:
-    log_path.write_text(json.dumps({"step": step, "counts": run()}, indent=2) + "\n")
-except DataError as exc:
-    log_path.write_text(f"error: {exc}\n")
-    sys.exit(f"error: {exc}")
+def main(sm):
+    sys.path.insert(0, str(Path(sm.scriptdir).parent))
+    from llqr.data import iwslt_prep as prep
+    from llqr.data.errors import DataError
+
+    log_path = Path(sm.log[0])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        log_path.write_text(json.dumps({"step": sm.params.step, "counts": run(sm, prep)}, indent=2) + "\n")
+    except DataError as exc:
+        log_path.write_text(f"error: {exc}\n")
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 (injected by Snakemake)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from .schedule_families import default_schedule
 
 MODELS = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "transformer_iwslt")
-DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet", "iwslt14_de_en")
+TRANSLATION_DATASETS = ("iwslt14_de_en", "synth_de_en")  # synth_de_en: ours, the demo's shipped corpus
+DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet") + TRANSLATION_DATASETS
 OPTIMIZERS = ("sgd", "polyak", "adam", "adamw", "adamw_b2-98", "adamw_b2-95")
 DIVERGENCES = (
     "ngd",
@@ -72,6 +73,12 @@ class RunConfig:
     crop_mode: str = opt("batch", "str", choices=("batch", "image"),
                          doc="CIFAR random crop: one offset per batch (the reference) or per image.")
     dropout_rate: float = opt(0.0, "float", minimum=0.0, maximum=1.0, doc="Model dropout where the model has it.")
+    # transformer_iwslt sizes (reference: fairseq transformer_iwslt_de_en); smaller ones are ours, for the demo
+    embed_dim: int = opt(512, "int", gt=0, doc="Transformer model width.")
+    ffn_dim: int = opt(1024, "int", gt=0, doc="Transformer feed-forward width.")
+    attention_heads: int = opt(4, "int", gt=0, doc="Transformer attention heads (must divide embed_dim).")
+    encoder_layers: int = opt(6, "int", gt=0)
+    decoder_layers: int = opt(6, "int", gt=0)
     # --- loop ------------------------------------------------------------------------
     batch_size: int = opt(128, "int", gt=0)
     eval_batch_size: int = opt(None, "int", gt=0, nullable=True, doc="null = batch_size.")
@@ -81,6 +88,7 @@ class RunConfig:
     )
     grad_acc_steps: int = opt(1, "int", gt=0)
     max_tokens: int = opt(None, "int", gt=0, nullable=True, doc="Token budget per batch (translation).")
+    num_buckets: int = opt(8, "int", gt=0, doc="Ours: length buckets (= compiled batch shapes) of translation batching.")
     # --- optimizer -------------------------------------------------------------------
     optimizer: str = opt("sgd", "str", choices=OPTIMIZERS, doc="sgd has no momentum; polyak = heavy-ball sgd.")
     learning_rate: float = opt(0.1, "float", gt=0)

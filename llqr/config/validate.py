@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 
-from .fields import FIELDS
+from .fields import FIELDS, TRANSLATION_DATASETS
 from .schedule_families import SCHEDULE_FAMILIES, default_schedule
 
 
@@ -209,7 +209,15 @@ def check_combinations(cfg: dict) -> None:
         )
     if len(cfg["adam_betas"]) != 2 or not all(0 <= b < 1 for b in cfg["adam_betas"]):
         raise _bad("adam_betas", cfg["adam_betas"], "expected two values in [0, 1)")
-    if cfg["dataset"] == "iwslt14_de_en" and cfg["model"] != "transformer_iwslt":
-        raise ConfigError(f"dataset iwslt14_de_en needs model=transformer_iwslt (got {cfg['model']})")
-    if cfg["model"] == "transformer_iwslt" and cfg["dataset"] != "iwslt14_de_en":
-        raise ConfigError(f"model transformer_iwslt needs dataset=iwslt14_de_en (got {cfg['dataset']})")
+    translation = cfg["dataset"] in TRANSLATION_DATASETS
+    if translation and cfg["model"] != "transformer_iwslt":
+        raise ConfigError(f"dataset {cfg['dataset']} needs model=transformer_iwslt (got {cfg['model']})")
+    if cfg["model"] == "transformer_iwslt" and not translation:
+        raise ConfigError(f"model transformer_iwslt needs a translation dataset "
+                          f"({', '.join(TRANSLATION_DATASETS)}; got {cfg['dataset']})")
+    if translation and cfg["max_tokens"] is None:
+        raise ConfigError(f"dataset {cfg['dataset']} is batched by tokens: set max_tokens (the reference uses 16384)")
+    if cfg["embed_dim"] % cfg["attention_heads"]:
+        raise ConfigError(f"attention_heads={cfg['attention_heads']} must divide embed_dim={cfg['embed_dim']}")
+    if translation and cfg["grad_acc_steps"] != 1:
+        raise ConfigError("translation batches differ in shape, so grad_acc_steps must be 1 with a translation dataset")

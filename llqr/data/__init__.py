@@ -6,7 +6,9 @@ from pathlib import Path
 
 from .errors import DataError
 
-READY = ("digits", "cifar10", "cifar100", "imagenet")
+READY = ("digits", "cifar10", "cifar100", "imagenet", "iwslt14_de_en", "synth_de_en")
+TRANSLATION_ARCHIVE = "iwslt14.tokenized.de-en.tar.gz"  # rules/iwslt.smk: iwslt_pack
+NUMERIC_CACHE = "numeric"  # rules/iwslt.smk: iwslt_cache
 
 
 def dataset_dir(cfg, data_root: str | Path = "data") -> Path:
@@ -31,6 +33,17 @@ def load_dataset(cfg, data_root: str | Path = "data", prepare_missing: bool = Fa
         from . import imagenet
 
         return imagenet.load(directory, seed=cfg.data_seed)
+    if cfg.dataset in ("iwslt14_de_en", "synth_de_en"):
+        from . import iwslt
+
+        archive, cache = directory / TRANSLATION_ARCHIVE, directory / NUMERIC_CACHE
+        if not archive.is_file():
+            raise DataError(f"{archive} not found: prepare it with `snakemake {archive}` (the iwslt_pack rule and "
+                            f"the steps before it)")
+        if not (cache / "metadata.json").is_file():
+            raise DataError(f"numeric cache {cache} not found: build it with `snakemake {cache}/metadata.json` "
+                            f"(the iwslt_cache rule)")
+        return iwslt.load(archive, cache, name=cfg.dataset)
     raise DataError(
         f"dataset '{cfg.dataset}' has no loader in this version of llqr (available: {', '.join(READY)})"
     )

@@ -13,11 +13,12 @@ class ModelNotAvailable(RuntimeError):
     """The config names a model this version of llqr cannot build yet."""
 
 
-AVAILABLE = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110")
+AVAILABLE = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "transformer_iwslt")
 
 
-def build_model(cfg, num_classes: int):
-    """The model ``cfg.model`` with ``num_classes`` outputs.
+def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
+    """The model ``cfg.model`` with ``num_classes`` outputs (``vocab``: source and target
+    dictionary sizes of a translation model).
 
     ``dropout_rate`` reaches the MLP and the wide ResNet (reference: 0); resnet18, resnet50 and
     pyramidnet110 have no dropout layer; vgg16bn's two dropouts are fixed at the reference's 0.5,
@@ -54,6 +55,12 @@ def build_model(cfg, num_classes: int):
         from .pyramidnet import PyramidNet
 
         return PyramidNet(num_classes=num_classes)
+    if name == "transformer_iwslt":
+        from .transformer import TransformerMT
+
+        return TransformerMT(src_vocab=vocab[0], tgt_vocab=vocab[1], embed_dim=cfg.embed_dim, ffn_dim=cfg.ffn_dim,
+                             heads=cfg.attention_heads, encoder_layers=cfg.encoder_layers,
+                             decoder_layers=cfg.decoder_layers, dropout_rate=cfg.dropout_rate)
     raise ModelNotAvailable(
         f"model '{name}' (preset '{cfg.preset}') is not implemented in this version of llqr; "
         f"available models: {', '.join(AVAILABLE)}. The workflow still lists its cells (snakemake -n)."

@@ -15,12 +15,13 @@ from .divergences import terminal_cost
 from .lqr import curvature_objective
 
 
-def curvature_matrix(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5, label_smoothing=0.0):
+def curvature_matrix(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5, label_smoothing=0.0,
+                     ignore_index=None):
     """(H_D, g, unravel) with H_D the dense Hessian of the divergence-composed network (or loss)."""
     flat, unravel = jax.flatten_util.ravel_pytree(params)
 
     def loss(p):
-        return smoothed_cross_entropy(log_probs_fn(p, x), labels, label_smoothing)
+        return smoothed_cross_entropy(log_probs_fn(p, x), labels, label_smoothing, ignore_index)
 
     objective = curvature_objective(terminal_cost(divergence, order), log_probs_fn, params, x, loss)
     flat_fn = lambda f: (lambda v: f(unravel(v)))  # noqa: E731

@@ -29,13 +29,14 @@ def chunk_size(cfg):
     return None
 
 
-def make_llqr_fit(log_probs, cfg):
+def make_llqr_fit(log_probs, cfg, ignore_index=None):
     """Jitted ``fit(blocks, params, batch_stats, x, y, lr, ema) -> (blocks, first_cost, last_cost)``.
 
     ``log_probs(params, batch_stats, x)`` is the inference-mode network (running BN stats, no
-    dropout). The fit starts from the current blocks (warm start) or from identity, runs
-    ``precond_steps`` clipped solver steps at rate ``lr``, blends with the old blocks by ``ema``
-    and clamps diagonal/scalar entries. ``block_structure=exact`` replaces the inner steps by the
+    dropout); labels equal to ``ignore_index`` (translation padding) leave the loss. The fit
+    starts from the current blocks (warm start) or from identity, runs ``precond_steps`` clipped
+    solver steps at rate ``lr``, blends with the old blocks by ``ema`` and clamps diagonal/scalar
+    entries. ``block_structure=exact`` replaces the inner steps by the
     dense solve P = (H_D + λI)^-1 (then the same EMA blend); its costs are J at the old and new P.
     """
 
@@ -44,7 +45,7 @@ def make_llqr_fit(log_probs, cfg):
         f = lambda p, xc: log_probs(p, batch_stats, xc)  # noqa: E731
         inverse, cost = exact_inverse(f, params, x, y, divergence=cfg.divergence, order=cfg.divergence_order_param,
                                       label_smoothing=cfg.label_smoothing, damping=cfg.damping,
-                                      normalize_grad=cfg.normalize_grad_for_lqr)
+                                      normalize_grad=cfg.normalize_grad_for_lqr, ignore_index=ignore_index)
         new = blend(blocks, {"P": inverse}, ema)
         return new, cost(blocks["P"]), cost(new["P"])
 
@@ -61,6 +62,7 @@ def make_llqr_fit(log_probs, cfg):
             normalize_grad=cfg.normalize_grad_for_lqr,
             chunk_size=chunk_size(cfg),
             cache=cfg.llqr_operator_mode == "cached_exact",
+            ignore_index=ignore_index,
         )
         start = blocks if cfg.warm_start_precond else structures.init_blocks(
             cfg.block_structure, params, cfg.precond_identity_scaling)

@@ -48,8 +48,12 @@ def _chunks(n: int, size: int | None):
 
 
 def make_problem(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5, label_smoothing=0.0, damping=0.0,
-                 normalize_grad=False, chunk_size=None, cache=True) -> Problem:
-    """The LQR problem of ``log_probs_fn(params, x) -> (N, K)`` (the inference-mode network).
+                 normalize_grad=False, chunk_size=None, cache=True, ignore_index=None) -> Problem:
+    """The LQR problem of ``log_probs_fn(params, x) -> (N, ..., K)`` (the inference-mode network).
+
+    ``x`` may be a tuple of arrays (translation: source, shifted target) and the outputs may have
+    extra position axes; positions labelled ``ignore_index`` leave the loss, and the caller zeroes
+    their log-prob rows so that they add no divergence curvature either.
 
     ``chunk_size`` splits the fit batch: g = sum_c (w_c/W) g_c and the curvature is the sum of the
     chunks' curvatures (newton: each chunk's mean loss weighted by w_c/W), which is exact because
@@ -63,11 +67,11 @@ def make_problem(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5
     cost = terminal_cost(divergence, order)
     grads, products = [], []
     for sl in slices:
-        xc, yc = x[sl], labels[sl]
+        xc, yc = jax.tree_util.tree_map(lambda a, sl=sl: a[sl], x), labels[sl]
         weight = (sl.stop - sl.start) / n
 
         def loss(p, xc=xc, yc=yc, weight=weight):
-            return weight * smoothed_cross_entropy(log_probs_fn(p, xc), yc, label_smoothing)
+            return weight * smoothed_cross_entropy(log_probs_fn(p, xc), yc, label_smoothing, ignore_index)
 
         grads.append(jax.grad(loss)(params))
         objective = curvature_objective(cost, log_probs_fn, params, xc, loss)

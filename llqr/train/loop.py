@@ -34,7 +34,8 @@ from ..optim import block_stats, get_blocks, make_llqr_fit, precondition, sam, s
 from ..optim.divergences import RESEARCH_ONLY
 from . import records
 from .checkpoint import Checkpointer
-from .losses import accuracy_percent, smoothed_cross_entropy
+from .evaluators import ClassificationEval, periodic
+from .losses import accuracy_percent, eval_sums as loss_sums, smoothed_cross_entropy
 from .optimizers import build_main_tx
 from .schedules import build_schedule
 
@@ -63,10 +64,6 @@ class CellPaths:
         return cls(Path(results_dir) / "cells" / cell_id, Path(checkpoints_dir) / cell_id / config_hash(config))
 
 
-def periodic(step: int, every: int, total_steps: int) -> bool:
-    return step % every == 0 and (step != 0 or total_steps == 1)
-
-
 def check_supported(cfg: RunConfig) -> None:
     """Fail before loading data when the config needs a part that is not built yet."""
     if cfg.use_preconditioner and cfg.precond_on_update:
@@ -83,13 +80,11 @@ def check_supported(cfg: RunConfig) -> None:
                 raise FeatureNotAvailable(
                     f"{key}={getattr(cfg, key)} is a research-only SAM ablation and not implemented "
                     f"(only {key}={default} is)")
-    if cfg.dataset == "iwslt14_de_en":
-        raise FeatureNotAvailable("translation training (iwslt14_de_en) is not implemented in this version of llqr")
 
 
-def step_accounting(cfg: RunConfig, train_size: int) -> tuple[float, int]:
-    """(steps per epoch, total loop steps incl. the sentinel)."""
-    mbpe = train_size / cfg.batch_size
+def step_accounting(cfg: RunConfig, mbpe: float) -> tuple[float, int]:
+    """(steps per epoch, total loop steps incl. the sentinel) from micro-batches per epoch: a float
+    ``train_size / batch_size`` for classification, the number of token batches for translation."""
     spe = mbpe / cfg.grad_acc_steps
     total = int((mbpe * cfg.total_epochs) // cfg.grad_acc_steps) + 1
     if cfg.max_steps is not None:
@@ -133,11 +128,12 @@ def build_update_chain(cfg: RunConfig, lr) -> tuple[optax.GradientTransformation
     return optax.chain(scale_by_llqr(cfg.block_structure, cfg.precond_identity_scaling), main_tx), main_tx
 
 
-def _make_fns(model, tx, cfg: RunConfig, main_tx=None):
+def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
     """Jitted (train_step, sam_step, eval_sums, train_accuracy) and the LLQR fit.
 
     ``tx`` is the configured update (``scale_by_llqr`` then ``main_tx`` when the preconditioner is
-    on, else ``main_tx`` alone). ``sam_step`` is None without a sam_mode.
+    on, else ``main_tx`` alone). ``sam_step`` is None without a sam_mode. ``pad`` (translation):
+    target positions with that label leave the loss, the accuracy and the P fit.
     """
     ls, scale = cfg.label_smoothing, cfg.precond_identity_scaling
     main_tx = tx if main_tx is None else main_tx
@@ -153,7 +149,7 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None):
             batch_stats = mut["batch_stats"]
         else:
             out = model.apply(variables(params, batch_stats), x, train=True, rngs={"dropout": key})
-        return smoothed_cross_entropy(out, y, ls), batch_stats
+        return smoothed_cross_entropy(out, y, ls, pad), batch_stats
 
     def accumulate(params, batch_stats, key, xs, ys):
         """Mean loss and mean gradient over the stacked micro-batches at fixed params, BN stats
@@ -232,32 +228,42 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None):
         return new, loss
 
     def eval_sums(params, batch_stats, x, y):
-        out = model.apply(variables(params, batch_stats), x, train=False)
-        nll = -jnp.take_along_axis(out, y[:, None], axis=-1)[:, 0]
-        return jnp.sum(nll), jnp.sum(jnp.argmax(out, -1) == y)
+        return loss_sums(model.apply(variables(params, batch_stats), x, train=False), y, pad)
 
     def train_accuracy(params, batch_stats, x, y):
-        return accuracy_percent(model.apply(variables(params, batch_stats), x, train=False), y)
+        return accuracy_percent(model.apply(variables(params, batch_stats), x, train=False), y, pad)
 
-    fit = make_llqr_fit(lambda p, bs, x: model.apply(variables(p, bs), x, train=False), cfg)
+    def fit_log_probs(p, bs, x):
+        out = model.apply(variables(p, bs), x, train=False)
+        if pad is None:
+            return out
+        # padded target positions (prev_output is pad exactly there) add no divergence curvature
+        return jnp.where((x[1] != pad)[..., None], out, 0.0)
+
+    fit = make_llqr_fit(fit_log_probs, cfg, ignore_index=pad)
     sam_jit = jax.jit(sam_step, donate_argnums=0) if mode is not None else None
     return jax.jit(train_step, donate_argnums=0), sam_jit, jax.jit(eval_sums), jax.jit(train_accuracy), fit
 
 
-def _evaluate(eval_sums, state, data, batch_size: int) -> dict:
-    loss_sum, correct = 0.0, 0
-    for x, y in data.eval_batches(batch_size):
-        l_sum, c = eval_sums(state["params"], state["batch_stats"], x, y)
-        loss_sum += float(l_sum)
-        correct += int(c)
-    n = data.test_size
-    return {"test_accuracy": 100.0 * correct / n, "test_loss": loss_sum / n}
+def _stack(trees):
+    return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *trees)
 
 
-def _draw(data, stream, cursor: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` consecutive stream batches from ``cursor``, stacked on a new leading axis."""
+def _draw(data, stream, cursor: int, count: int):
+    """``count`` consecutive stream batches from ``cursor``, stacked on a new leading axis (inputs
+    may be a tuple of arrays, as the translation model's (source, shifted target))."""
     batches = [data.train_batch(stream.indices(cursor + i), cursor + i) for i in range(count)]
-    return np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
+    return _stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
+
+
+def _draw_fit_batch(data, stream, cursor: int, cfg) -> tuple[object, np.ndarray, int]:
+    """The P-fit batch: ``precond_batch_size`` examples from the train stream at ``cursor`` and the
+    number of stream batches it used (the reference concatenates batches until it has enough)."""
+    if hasattr(data, "fit_batch"):  # translation: one fixed padded shape, so the fit compiles once
+        return data.fit_batch(stream, cursor, cfg.precond_batch_size)
+    n_batches = -(-cfg.precond_batch_size // cfg.batch_size)
+    fx, fy = _draw(data, stream, cursor, n_batches)
+    return fx.reshape(-1, *fx.shape[2:])[: cfg.precond_batch_size], fy.reshape(-1)[: cfg.precond_batch_size], n_batches
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -337,8 +343,17 @@ def run(
     base_record["dataset_path"] = data.path
     with contextlib.closing(data):  # worker pools of streaming datasets end with the run, whatever happens
 
-        spe, total_steps = step_accounting(cfg, data.train_size)
-        model = build_model(cfg, num_classes=data.num_classes)
+        translation = getattr(data, "task", "classification") == "translation"
+        if translation:  # token batches: the stream fixes the number of batches per epoch
+            stream = data.make_stream(cfg.max_tokens, cfg.data_seed, num_buckets=cfg.num_buckets)
+            spe, total_steps = step_accounting(cfg, stream.batches_per_epoch)
+            model = build_model(cfg, vocab=(data.src_vocab, data.tgt_vocab))
+            sample_input = data.init_inputs()
+        else:
+            stream = BatchStream(data.train_size, cfg.batch_size, cfg.data_seed)
+            spe, total_steps = step_accounting(cfg, data.train_size / cfg.batch_size)
+            model = build_model(cfg, num_classes=data.num_classes)
+            sample_input = jnp.zeros((1, *data.input_shape), jnp.float32)
         lr = build_schedule(cfg.lr_scheduler, cfg.learning_rate, cfg.total_epochs, spe)
         tx, main_tx = build_update_chain(cfg, lr)
         rho = build_schedule(cfg.perturbation_rho_scheduler, cfg.perturbation_rho, cfg.total_epochs, spe)
@@ -351,7 +366,7 @@ def run(
         until = cfg.update_preconditioner_until if cfg.update_preconditioner_until is not None else total_steps + 1
         # one compiled init: eager init compiles every initializer's random draw separately (minutes for a CNN on CPU)
         init = jax.jit(model.init, static_argnames="train")
-        variables = init(jax.random.PRNGKey(cfg.init_key), jnp.zeros((1, *data.input_shape), jnp.float32), train=False)
+        variables = init(jax.random.PRNGKey(cfg.init_key), sample_input, train=False)
         params = variables["params"]
         state = {
             "params": params,
@@ -361,7 +376,6 @@ def run(
         }
         if cfg.sam_mode is not None:  # SAM buffers live in the state, so checkpoints carry them
             state["sam"] = sam.init_buffers(cfg.sam_mode, params)
-        stream = BatchStream(data.train_size, cfg.batch_size, cfg.data_seed)
         data.attach_stream(stream)
         cursor, start_step, elapsed_before, offset = 0, 0, 0.0, None
         ckpt = Checkpointer(paths.work / "orbax", keep=cfg.keep_checkpoints) if cfg.preempt_handling else None
@@ -372,8 +386,18 @@ def run(
             out(f"[{cell_id}] resuming from checkpoint at step {start_step}/{total_steps - 1}")
         log = MetricsLog(paths.work / "metrics.jsonl", offset)
         history = [e for e in log.events() if e["event"] == "eval"]
-        train_step, sam_step, eval_sums, train_acc, llqr_fit = _make_fns(model, tx, cfg, main_tx)
-        eval_bs = cfg.eval_batch_size or cfg.batch_size
+        pad = data.pad_id if translation else None
+        train_step, sam_step, eval_sums, train_acc, llqr_fit = _make_fns(model, tx, cfg, main_tx, pad)
+        if translation:
+            from .translation import TranslationEval  # beam search and sacrebleu load only for translation
+
+            evaluator = TranslationEval(model, data, cfg)
+        else:
+            evaluator = ClassificationEval(eval_sums, data, cfg)
+        best_ckpt = None
+        if evaluator.keeps_best and cfg.preempt_handling:
+            best_ckpt = Checkpointer(paths.work / "best", keep=1)
+        best_so_far = _best(history, evaluator.metric, "max")
         report_every = cfg.report_freq or cfg.logging_freq
         run_start = time.time()
         elapsed = lambda: elapsed_before + time.time() - run_start  # noqa: E731
@@ -421,19 +445,23 @@ def run(
                     if diverged_at is not None:
                         break
                     save(step)
-                if periodic(step, cfg.test_eval_freq, total_steps):
+                if evaluator.due(step, total_steps):
                     event = {"event": "eval", "step": step, "elapsed_s": round(elapsed(), 3)}
-                    event.update(_evaluate(eval_sums, state, data, eval_bs))
+                    event.update(evaluator.evaluate(state, step, total_steps))
+                    if evaluator.keeps_best and evaluator.metric in event and (
+                            best_so_far is None or event[evaluator.metric] > best_so_far["value"]):
+                        best_so_far = {"value": event[evaluator.metric], "step": step}
+                        event[f"best_{evaluator.metric}"] = best_so_far["value"]
+                        event[f"best_{evaluator.metric}_step"] = step
+                        if best_ckpt is not None:  # the best model so far, by full valid BLEU
+                            best_ckpt.save(step, state, {"step": step, evaluator.metric: best_so_far["value"]})
                     log.write(event)
                     history.append(event)
                 if step == total_steps - 1:
                     break  # sentinel: eval and checkpoint only
                 if fit_precond and step < until and step % max(1, int(round(float(every(step))))) == 0:
-                    n_batches = -(-cfg.precond_batch_size // cfg.batch_size)  # batches drawn from the train stream
-                    fx, fy = _draw(data, stream, cursor, n_batches)
+                    fx, fy, n_batches = _draw_fit_batch(data, stream, cursor, cfg)
                     cursor += n_batches
-                    fx = fx.reshape(-1, *fx.shape[2:])[: cfg.precond_batch_size]
-                    fy = fy.reshape(-1)[: cfg.precond_batch_size]
                     blocks, cost0, cost1 = llqr_fit(
                         get_blocks(state["opt_state"]), state["params"], state["batch_stats"], fx, fy,
                         float(precond_lr(step)), float(ema(step)))
@@ -453,7 +481,8 @@ def run(
                     if diverged_at is not None:
                         break
                     loss_v = float(loss)
-                    acc = float(train_acc(state["params"], state["batch_stats"], xs[-1], ys[-1]))
+                    last_x = jax.tree_util.tree_map(lambda a: a[-1], xs)
+                    acc = float(train_acc(state["params"], state["batch_stats"], last_x, ys[-1]))
                     if periodic(step, cfg.logging_freq, total_steps):
                         log.write(
                             {"event": "train", "step": step, "elapsed_s": round(elapsed(), 3), "train_loss": loss_v,
@@ -463,7 +492,8 @@ def run(
                         now = time.time()
                         rate = (step - rate_s) / (now - rate_t) if rate_t and now > rate_t else 0.0
                         rate_t, rate_s = now, step
-                        last = f" test_acc {history[-1]['test_accuracy']:.2f}%" if history else ""
+                        scored = [e for e in history if evaluator.metric in e]
+                        last = f" {evaluator.label} {scored[-1][evaluator.metric]:.2f}" if scored else ""
                         eta = _fmt_eta((total_steps - 1 - step) / rate) if rate else "?"
                         out(
                             f"[{cell_id}] step {step}/{total_steps - 1} loss {loss_v:.4f} train_acc {acc:.1f}%{last}"
@@ -476,33 +506,35 @@ def run(
         if diverged_at is not None:
             log.write({"event": "diverged", "step": diverged_at, "elapsed_s": round(elapsed(), 3)})
             out(f"[{cell_id}] non-finite loss at step {diverged_at}: status diverged")
-            best = _best(history, "test_accuracy", "max")
-            summary = _summary(cell_id, "diverged", None, best, diverged_at, total_steps, elapsed(), diverged_at=diverged_at)
+            best = _best(history, evaluator.metric, "max")
+            summary = _summary(cell_id, "diverged", None, best, diverged_at, total_steps, elapsed(),
+                               diverged_at=diverged_at, metric=evaluator.metric)
         else:
             final_step = total_steps - 1
-            if history and history[-1]["step"] == final_step:
-                final = {k: v for k, v in history[-1].items() if k.startswith("test_")}
-            else:
-                final = _evaluate(eval_sums, state, data, eval_bs)
+            final = evaluator.final(state, history[-1] if history else None, final_step)
             log.write({"event": "final_eval", "step": final_step, "elapsed_s": round(elapsed(), 3), **final})
             save(final_step)
             series = history + [{"step": final_step, **final}]
+            metric = evaluator.metric
             summary = _summary(
                 cell_id,
                 "ok",
-                {"value": final["test_accuracy"], "step": final_step},
-                _best(series, "test_accuracy", "max"),
+                {"value": final[metric], "step": final_step},
+                _best(series, metric, "max"),
                 final_step,
                 total_steps,
                 elapsed(),
+                metric=metric,
             )
             summary["final_metrics"] = final
-            out(f"[{cell_id}] done: test accuracy {final['test_accuracy']:.2f}% (best {summary['best']['value']:.2f}%)")
+            extra = f", test BLEU {final['test_bleu']:.2f}" if "test_bleu" in final else ""
+            out(f"[{cell_id}] done: {metric} {final[metric]:.2f} (best {summary['best']['value']:.2f}){extra}")
         summary["spe"] = spe
         log.close()
         _write_outputs(paths, summary, base_record, live_metrics=log.path)
-        if ckpt is not None:
-            ckpt.close()
+        for checkpointer in (ckpt, best_ckpt):
+            if checkpointer is not None:
+                checkpointer.close()
         return summary
 
 
@@ -515,11 +547,12 @@ def _best(series: list[dict], key: str, mode: str) -> dict | None:
     return {"value": value, "step": min(s for v, s in points if v == value)}
 
 
-def _summary(cell_id, status, final, best, steps, total_steps, wall, *, diverged_at=None, message=None) -> dict:
+def _summary(cell_id, status, final, best, steps, total_steps, wall, *, diverged_at=None, message=None,
+             metric="test_accuracy") -> dict:
     return {
         "cell": cell_id,
         "status": status,
-        "metric": "test_accuracy",
+        "metric": metric,
         "mode": "max",
         "final": final,
         "best": best,

@@ -1,4 +1,8 @@
-"""Losses on log-probability outputs (models end in log_softmax)."""
+"""Losses on log-probability outputs (models end in log_softmax).
+
+Outputs may have extra leading axes (translation: (batch, target length, vocab)); the mean is
+over every position whose label is not ``ignore_index`` (the padding id for translation).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,31 @@ import jax
 import jax.numpy as jnp
 
 
-def smoothed_cross_entropy(log_probs, labels, label_smoothing: float = 0.0):
+def _valid(labels, ignore_index):
+    if ignore_index is None:
+        return jnp.ones(labels.shape, jnp.float32)
+    return (labels != ignore_index).astype(jnp.float32)
+
+
+def _masked_mean(values, mask):
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def smoothed_cross_entropy(log_probs, labels, label_smoothing: float = 0.0, ignore_index: int | None = None):
     """Mean CE against (1-ls)*onehot + ls/K, as the reference (ls spread over all K classes)."""
     num_classes = log_probs.shape[-1]
     target = jax.nn.one_hot(labels, num_classes) * (1.0 - label_smoothing) + label_smoothing / num_classes
-    return -jnp.mean(jnp.sum(target * log_probs, axis=-1))
+    return _masked_mean(-jnp.sum(target * log_probs, axis=-1), _valid(labels, ignore_index))
 
 
-def accuracy_percent(log_probs, labels):
-    return 100.0 * jnp.mean(jnp.argmax(log_probs, axis=-1) == labels)
+def accuracy_percent(log_probs, labels, ignore_index: int | None = None):
+    hits = (jnp.argmax(log_probs, axis=-1) == labels).astype(jnp.float32)
+    return 100.0 * _masked_mean(hits, _valid(labels, ignore_index))
+
+
+def eval_sums(log_probs, labels, ignore_index: int | None = None):
+    """(summed NLL, correct predictions, counted positions): unsmoothed, for exact means over a split."""
+    mask = _valid(labels, ignore_index)
+    nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+    hits = (jnp.argmax(log_probs, axis=-1) == labels).astype(jnp.float32)
+    return jnp.sum(nll * mask), jnp.sum(hits * mask), jnp.sum(mask)
