@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .config import FIELDS, PRECOND_KEYS, SAM_KEYS, SCHEDULE_FAMILIES, ConfigError
+from .config.fields import DATASET_ONLY_KEYS, MODEL_ONLY_KEYS
 from .config.presets import apply_overrides, build_config, load_preset
 
 # Short names used in cell ids (others appear in full).
@@ -58,7 +59,22 @@ class Cell:
 
     @property
     def config_json(self) -> str:
-        return canonical_json(self.config)
+        """The train rule's params: what makes this cell stale when it changes."""
+        return canonical_json(rule_params(self.config))
+
+
+def rule_params(config: dict) -> dict:
+    """The config without the keys its model and dataset never read (a Transformer's width in an
+    MLP cell, BLEU settings in an image cell), so adding or retuning such a key re-runs only the
+    cells that read it. The runner fills the dropped keys back with their (unread) defaults."""
+    out = dict(config)
+    for key, models in MODEL_ONLY_KEYS.items():
+        if out.get("model") not in models:
+            out.pop(key, None)
+    for key, datasets in DATASET_ONLY_KEYS.items():
+        if out.get("dataset") not in datasets:
+            out.pop(key, None)
+    return out
 
 
 @dataclass(frozen=True)

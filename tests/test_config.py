@@ -77,7 +77,10 @@ BAD = [
     ({"sam_mode": "asam", "perturb_mode": "ema_precond_grad", "use_preconditioner": True},
      r"sam_mode=asam requires perturb_mode=ema_grad"),
     ({"llqr_batch_update_mode": "chunked_lqr_segment"}, r"needs llqr_batch_update_chunk_size"),
-    ({"model": "transformer_iwslt"}, r"model transformer_iwslt needs dataset=iwslt14_de_en"),
+    ({"model": "transformer_iwslt"}, r"model transformer_iwslt needs a translation dataset \(iwslt14_de_en, synth_de_en; got digits\)"),
+    ({"model": "transformer_iwslt", "dataset": "synth_de_en"}, r"dataset synth_de_en is batched by tokens: set max_tokens"),
+    ({"model": "transformer_iwslt", "dataset": "synth_de_en", "max_tokens": 64, "grad_acc_steps": 2}, "grad_acc_steps must be 1"),
+    ({"embed_dim": 10, "attention_heads": 4}, "attention_heads=4 must divide embed_dim=10"),
 ]
 
 

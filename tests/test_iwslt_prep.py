@@ -183,7 +183,7 @@ def test_mismatched_line_counts(tmp_path):
 
 
 # --- the rule chain ----------------------------------------------------------------------
-IWSLT_RULES = ("iwslt_extract", "iwslt_tokenize", "iwslt_clean", "iwslt_split", "iwslt_bpe", "iwslt_pack")
+IWSLT_RULES = ("iwslt_extract", "iwslt_tokenize", "iwslt_clean", "iwslt_split", "iwslt_bpe", "iwslt_pack", "iwslt_cache")
 
 
 def _config(tmp_path, archive):
@@ -204,9 +204,15 @@ def test_rule_chain_prepares_and_reruns_after_the_archive_changes(tmp_path):
     config = _config(tmp_path, archive)
     work = tmp_path / "work"
     work.mkdir()
-    target = "data/iwslt14_de_en/iwslt14.tokenized.de-en.tar.gz"
-    run_snakemake([target, "--cores", "2", "--configfile", str(config)], work)
+    target = ["data/iwslt14_de_en/iwslt14.tokenized.de-en.tar.gz", "data/iwslt14_de_en/numeric/metadata.json"]
+    run_snakemake([*target, "--cores", "2", "--configfile", str(config)], work)
     iw = work / "data" / "iwslt14_de_en"
+    meta = json.loads((iw / "numeric" / "metadata.json").read_text())
+    assert meta["splits"]["valid"]["sentences"] == N_VALID and meta["splits"]["test"]["sentences"] == N_TEST
+    built = (iw / "numeric" / "train.en.tokens.npy").stat().st_mtime_ns
+    again = run_snakemake([*target, "--cores", "2", "--configfile", str(config)], work)
+    assert "Nothing to be done" in again.stdout + again.stderr  # the cache is built once and reused
+    assert (iw / "numeric" / "train.en.tokens.npy").stat().st_mtime_ns == built
     report = json.loads((iw / "prep_report.json").read_text())
     assert report["clean"] == {"clean/train.tags.de": CLEAN, "clean/train.tags.en": CLEAN}
     assert report["splits"]["splits/valid.en"] == N_VALID and report["bpe"]["bpe/test.de"] == N_TEST
@@ -221,8 +227,10 @@ def test_rule_chain_prepares_and_reruns_after_the_archive_changes(tmp_path):
         "says Anna", "says Ben")})
     config = _config(tmp_path, archive)
     (iw / "raw" / "de-en.tgz").write_bytes(archive.read_bytes())  # as fetch_raw would, with a newer mtime
-    proc = run_snakemake([target, "-n", "--cores", "2", "--configfile", str(config)], work)
+    proc = run_snakemake([*target, "-n", "--cores", "2", "--configfile", str(config)], work)
     for rule in IWSLT_RULES:
         assert rule in proc.stdout, rule
-    run_snakemake([target, "--cores", "2", "--configfile", str(config)], work)
+    run_snakemake([*target, "--cores", "2", "--configfile", str(config)], work)
     assert "says ben" in (iw / "splits" / "train.en").read_text()
+    rebuilt = json.loads((iw / "numeric" / "metadata.json").read_text())
+    assert rebuilt["sha256"]["train.en"] != meta["sha256"]["train.en"]  # the cache follows the new text

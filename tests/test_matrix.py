@@ -67,6 +67,23 @@ def test_ids_are_readable_and_stable(paper):
     assert again.cells.keys() == paper.cells.keys()
 
 
+def test_rule_params_leave_out_keys_the_cell_never_reads(paper):
+    """Retuning a Transformer-only or translation-only key must not make image cells stale."""
+    import json
+
+    from llqr.config.fields import TRANSFORMER_KEYS, TRANSLATION_KEYS
+
+    image = paper.cells["resnet18-cifar10/llqr=off/seed42"]
+    params = json.loads(image.config_json)
+    assert not (TRANSFORMER_KEYS | TRANSLATION_KEYS | {"mlp_hidden", "wrn_layout"}) & params.keys()
+    assert params["crop_mode"] == "batch" and params == {k: v for k, v in image.config.items() if k in params}
+    iwslt = next(c for c in paper.cells.values() if c.preset == "transformer-iwslt14-de-en")
+    params = json.loads(iwslt.config_json)
+    assert params["max_tokens"] == 16384 and params["embed_dim"] == 512 and "crop_mode" not in params
+    changed = dict(image.config, embed_dim=256, beam_size=4)  # as if the default changed
+    assert type(image)(image.id, image.preset, image.seed, changed).config_json == image.config_json
+
+
 def _demo():
     return copy.deepcopy(load_workflow_config(REPO / "config/config.yaml"))
 

@@ -205,3 +205,11 @@ SAM_KEYS = frozenset(
     if k.startswith(("sam_research", "gbar_", "perturb"))
     or k in {"norm_mode", "asam_eta", "fisher_sam_eta", "start_sam_after_step", "sam_use_preconditioner_on_update"}
 )
+# Keys read only by some models or datasets (see llqr.matrix.rule_params).
+TRANSFORMER_KEYS = frozenset({"embed_dim", "ffn_dim", "attention_heads", "encoder_layers", "decoder_layers"})
+TRANSLATION_KEYS = frozenset({"max_tokens", "num_buckets", "full_eval_freq", "full_eval_at_end", "bleu_sampled_freq",
+                              "bleu_max_examples", "beam_size"})
+MODEL_ONLY_KEYS = {"mlp_hidden": ("mlp",), "wrn_layout": ("wide_resnet28x10",),
+                   **{k: ("transformer_iwslt",) for k in TRANSFORMER_KEYS}}
+DATASET_ONLY_KEYS = {"crop_mode": ("cifar10", "cifar100"), **{k: TRANSLATION_DATASETS for k in TRANSLATION_KEYS}}
+
