@@ -1,8 +1,9 @@
 """IWSLT14 preparation throughput and beam-search decoding speed on CPU, side by side in one run.
 
 Preparation: the chain's own functions (llqr/data/iwslt_prep.py) on a synthetic corpus with
-IWSLT-like sentence lengths (log-normal, median about 17 tokens, Zipf-distributed vocabulary of
-30k word types, punctuation and apostrophes for the Moses rules to work on):
+IWSLT-like sentence lengths (log-normal, median about 17 tokens, the two sides of a pair of
+related length), a Zipf-distributed vocabulary of 400k word types (so the number of types grows
+with the corpus, as in real text), punctuation and apostrophes for the Moses rules to work on:
 
 - Moses tokenization of both languages with 1 and 2 worker processes (sentence pairs/s);
 - joint BPE: learning ``--merges`` codes on the train pairs, and applying them to both sides;
@@ -11,12 +12,13 @@ IWSLT-like sentence lengths (log-normal, median about 17 tokens, Zipf-distribute
 Each throughput is extrapolated linearly to the real corpus (160,239 train + 7,283 valid pairs
 before the split, plus 6,750 test pairs), which gives the whole chain's expected time on 2 cores
 (goal: 10 minutes). Learning BPE grows more slowly than linearly with the corpus (its cost follows
-the number of word types), so that extrapolation is an upper bound.
+the number of word types), so it is timed on half and all of the corpus and extrapolated along the
+power law through the two points (exponent capped at 1).
 
 Decoding: beam search (beam 5) and greedy decoding of the tiny demo Transformer and, with
 ``--full-model``, of the paper-size one, in sentences/s on batches of ``--decode-batch`` sources.
 
-    python benchmarks/iwslt_prep.py [--pairs 20000] [--merges 10000] [--json PATH]
+    python benchmarks/iwslt_prep.py [--pairs 40000] [--merges 10000] [--json PATH]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from llqr.data import iwslt_prep as prep  # noqa: E402
 
 REAL_PAIRS = 160_239 + 7_283  # cleaned train pairs before the valid split
 REAL_TEST = 6_750
+VOCAB = 400_000
 REAL_RAW_LINES = 174_443  # train tag-file lines per language (before tag filtering and cleaning)
 GOAL_S = 600.0
 
@@ -44,15 +47,22 @@ def synthetic_corpus(pairs: int, seed: int = 0) -> dict[str, list[str]]:
     """Raw (untokenized, cased) sentence pairs with IWSLT-like lengths and punctuation."""
     rng = np.random.default_rng(seed)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyzäöü"))
-    vocab = ["".join(rng.choice(letters, size=int(n))) for n in rng.integers(2, 12, size=30_000)]
+    # a large Zipf vocabulary, so new word types keep appearing as the corpus grows (Heaps' law),
+    # as in real text: the cost of learning BPE follows the number of types
+    codes = rng.integers(0, len(letters), size=(VOCAB, 12))
+    sizes = rng.integers(2, 12, size=VOCAB)
+    vocab = ["".join(letters[c[:n]]) for c, n in zip(codes, sizes)]
     zipf = 1.0 / np.arange(1, len(vocab) + 1)
     zipf /= zipf.sum()
     out = {"de": [], "en": []}
+    base = rng.lognormal(np.log(17), 0.6, size=pairs)  # a pair's two sides have related lengths
     for lang, shift in (("de", 0), ("en", 7)):
         lrng = np.random.default_rng([seed, shift])
-        lengths = np.clip(lrng.lognormal(np.log(17), 0.6, size=pairs), 1, 120).astype(int)
-        for n in lengths:
-            words = [vocab[(i + shift) % len(vocab)] for i in lrng.choice(len(vocab), size=n, p=zipf)]
+        lengths = np.clip(base * lrng.lognormal(0.0, 0.12, size=pairs), 1, 120).astype(int)
+        tokens = lrng.choice(len(vocab), size=int(lengths.sum()), p=zipf)  # one draw: p has 400k entries
+        ends = np.cumsum(lengths)
+        for n, end in zip(lengths, ends):
+            words = [vocab[(i + shift) % len(vocab)] for i in tokens[end - n:end]]
             words[0] = words[0].capitalize()
             if n > 6:
                 words[n // 2] += ","
@@ -88,7 +98,12 @@ def bench_prep(pairs: int, merges: int) -> dict:
         rows["clean"] = {"seconds": s_clean, "pairs_per_s": pairs / s_clean}
         kept = prep.count_lines(clean_dir / "train.de")
         code = tmp / "code"
+        half_dir = tmp / "half"
+        for lang in prep.LANGS:
+            prep.write_lines(half_dir / f"train.{lang}", prep.read_lines(clean_dir / f"train.{lang}")[: kept // 2])
+        _, s_half = timed(prep.learn_codes, {lang: half_dir / f"train.{lang}" for lang in prep.LANGS}, tmp / "c2", merges)
         _, s_learn = timed(prep.learn_codes, {lang: clean_dir / f"train.{lang}" for lang in prep.LANGS}, code, merges)
+        rows["bpe_learn_half"] = {"seconds": s_half, "pairs_per_s": (kept // 2) / s_half}
         rows["bpe_learn"] = {"seconds": s_learn, "pairs_per_s": kept / s_learn}
         s_apply = 0.0
         for lang in prep.LANGS:
@@ -101,12 +116,16 @@ def bench_prep(pairs: int, merges: int) -> dict:
     # extrapolation to the real corpus, 2 cores: both languages tokenized with 2 workers each
     scale_tok = (REAL_RAW_LINES + REAL_TEST) / pairs
     scale_pairs = (REAL_PAIRS + REAL_TEST) / kept
+    # learning BPE: a power law through the half- and full-corpus times (exponent capped at 1)
+    exponent = min(1.0, max(0.0, float(np.log(rows["bpe_learn"]["seconds"] / rows["bpe_learn_half"]["seconds"])
+                                       / np.log(kept / (kept // 2)))))
     full = {"tokenize": rows["tokenize_2p"]["seconds"] * scale_tok,
             "clean": rows["clean"]["seconds"] * REAL_RAW_LINES / pairs,
-            "bpe_learn": rows["bpe_learn"]["seconds"] * REAL_PAIRS / kept,
+            "bpe_learn": rows["bpe_learn"]["seconds"] * (REAL_PAIRS / kept) ** exponent,
             "bpe_apply": rows["bpe_apply"]["seconds"] * scale_pairs}
     full["total"] = sum(full.values())
-    return {"pairs": pairs, "kept_after_clean": kept, "merges": merges, "rows": rows, "extrapolated_s": full}
+    return {"pairs": pairs, "kept_after_clean": kept, "merges": merges, "rows": rows,
+            "bpe_learn_exponent": exponent, "extrapolated_s": full}
 
 
 def bench_decode(batch: int, full_model: bool, repeats: int = 3) -> dict:
@@ -141,7 +160,7 @@ def bench_decode(batch: int, full_model: bool, repeats: int = 3) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=20_000, help="synthetic sentence pairs")
+    parser.add_argument("--pairs", type=int, default=40_000, help="synthetic sentence pairs")
     parser.add_argument("--merges", type=int, default=10_000, help="BPE merge operations (the reference: 10000)")
     parser.add_argument("--decode-batch", type=int, default=64)
     parser.add_argument("--full-model", action="store_true", help="also decode with the paper-size Transformer")
@@ -157,6 +176,7 @@ def main(argv=None) -> dict:
     speedup = p["rows"]["tokenize_1p"]["seconds"] / p["rows"]["tokenize_2p"]["seconds"]
     print(f"tokenize speed-up 2 vs 1 process: {speedup:.2f}x")
     ex = p["extrapolated_s"]
+    print(f"BPE learning time grows as corpus^{p['bpe_learn_exponent']:.2f} (half vs full corpus)")
     print("extrapolated to the real corpus (2 cores): " + ", ".join(f"{k} {v:.0f} s" for k, v in ex.items()))
     print(f"goal: whole chain <= {GOAL_S:.0f} s -> {'met' if ex['total'] <= GOAL_S else 'NOT met'}")
     print(f"\n{'decoder':<14} {'sentences/s':>12} {'params':>12}")

@@ -140,10 +140,13 @@ def _events(results, cell):
     return [json.loads(line) for line in lines]
 
 
-def test_translation_run_reports_valid_and_test_bleu_and_keeps_the_best(tmp_path, data_root):
+def test_translation_run_with_llqr_and_sam_reports_valid_and_test_bleu_and_keeps_the_best(tmp_path, data_root):
     cfg = resolve("synth-transformer-tiny", {**TINY, "max_steps": 12, "test_eval_freq": 6, "full_eval_freq": 6,
                                              "use_preconditioner": True, "divergence": "ngd", "ema_decay": 0.925,
-                                             "update_preconditioner_every": 5, "precond_steps": 3})
+                                             "update_preconditioner_every": 5, "precond_steps": 3,
+                                             # the llqr_sam_iwslt path: SAM with P from step 4 on
+                                             "sam_mode": "base_fsam", "start_sam_after_step": 4,
+                                             "perturbation_rho": 0.05, "perturb_mode": "ema_precond_grad"})
     cell = "t/llqr/seed42"
     summary = run(cfg, cell_id=cell, results_dir=tmp_path / "r", checkpoints_dir=tmp_path / "c", data_root=data_root)
     assert summary["status"] == "ok" and summary["metric"] == "valid_bleu"
