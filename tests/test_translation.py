@@ -175,3 +175,29 @@ def test_missing_numeric_cache_names_the_rule(tmp_path, data_root):
     summary = run(resolve("synth-transformer-tiny", TINY), cell_id="t/x/seed42", results_dir=tmp_path / "r",
                   checkpoints_dir=tmp_path / "c", data_root=tmp_path)
     assert summary["status"] == "failed-data" and "iwslt_cache" in summary["message"]
+
+
+@pytest.mark.workflow
+def test_translation_surface_through_the_workflow(tmp_path):
+    """The demo's path through Snakemake: shipped-layout raw archive -> preparation rules ->
+    numeric cache -> one training job per cell -> a BLEU table."""
+    from conftest import run_snakemake, write_yaml
+
+    raw = synth_corpus.write_archive(tmp_path / "mirror" / "de-en.tgz", pairs=240, segs=4)
+    tiny = {k: v for k, v in TINY.items() if k != "report_freq"}
+    surface = {"group": "demo", "title": "tiny translation", "caption": "tiny", "metric": "test_bleu",
+               "presets": ["synth-transformer-tiny"], "seeds": [1],
+               "axes": {"method": [{"label": "adamw", "set": {**tiny, "max_steps": 6, "test_eval_freq": 3}}]},
+               "table": {"rows": ["preset"], "columns": ["method"]}}
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = write_yaml(tmp_path / "t.yaml", {
+        "surfaces": {**{name: None for name in base["surfaces"]}, "tiny_translation": surface},
+        "data_sources": {"synth_de_en": {"local": str(raw), "file": "de-en.tgz", "bpe_merges": 60,
+                                         "sha256": hashlib.sha256(raw.read_bytes()).hexdigest()}}})
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run_snakemake(["--cores", "2", "--configfile", str(config)], work)
+    for rule in ("iwslt_extract", "iwslt_tokenize", "iwslt_bpe", "iwslt_pack", "iwslt_cache", "train", "aggregate"):
+        assert f"rule {rule}:" in proc.stdout + proc.stderr, rule
+    table = (work / "results" / "surfaces" / "tiny_translation" / "table.csv").read_text()
+    assert "synth-transformer-tiny" in table and ",ok," in table
