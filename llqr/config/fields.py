@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 from .schedule_families import default_schedule
 
-MODELS = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "transformer_iwslt")
+MODELS = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "transformer_iwslt",
+          # the companion studies' models (SVAG, SINGD): ours
+          "preresnet32", "vgg16", "vgg19", "si_mlp")
 TRANSLATION_DATASETS = ("iwslt14_de_en", "synth_de_en")  # synth_de_en: ours, the demo's shipped corpus
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet") + TRANSLATION_DATASETS
 OPTIMIZERS = ("sgd", "polyak", "adam", "adamw", "adamw_b2-98", "adamw_b2-95")
@@ -73,6 +75,11 @@ class RunConfig:
     crop_mode: str = opt("batch", "str", choices=("batch", "image"),
                          doc="CIFAR random crop: one offset per batch (the reference) or per image.")
     dropout_rate: float = opt(0.0, "float", minimum=0.0, maximum=1.0, doc="Model dropout where the model has it.")
+    norm: str = opt("bn", "str", choices=("bn", "gn", "none"),
+                    doc="Ours: normalisation of preresnet32 (bn|gn) and vgg16/vgg19 (bn|gn|none).")
+    width: int = opt(1, "int", gt=0, doc="Ours: preresnet32 width multiplier (4 = the SVAG study's PRN32-4x).")
+    scale_invariant: bool = opt(False, "bool",
+                                doc="Ours: preresnet32 with non-affine norms after every conv and a fixed head.")
     # transformer_iwslt sizes (reference: fairseq transformer_iwslt_de_en); smaller ones are ours, for the demo
     embed_dim: int = opt(512, "int", gt=0, doc="Transformer model width.")
     ffn_dim: int = opt(1024, "int", gt=0, doc="Transformer feed-forward width.")
@@ -209,7 +216,9 @@ SAM_KEYS = frozenset(
 TRANSFORMER_KEYS = frozenset({"embed_dim", "ffn_dim", "attention_heads", "encoder_layers", "decoder_layers"})
 TRANSLATION_KEYS = frozenset({"max_tokens", "num_buckets", "full_eval_freq", "full_eval_at_end", "bleu_sampled_freq",
                               "bleu_max_examples", "beam_size"})
-MODEL_ONLY_KEYS = {"mlp_hidden": ("mlp",), "wrn_layout": ("wide_resnet28x10",),
+MODEL_ONLY_KEYS = {"mlp_hidden": ("mlp", "si_mlp"), "wrn_layout": ("wide_resnet28x10",),
+                   "norm": ("preresnet32", "vgg16", "vgg19"), "width": ("preresnet32",),
+                   "scale_invariant": ("preresnet32",),
                    **{k: ("transformer_iwslt",) for k in TRANSFORMER_KEYS}}
 DATASET_ONLY_KEYS = {"crop_mode": ("cifar10", "cifar100"), **{k: TRANSLATION_DATASETS for k in TRANSLATION_KEYS}}
 

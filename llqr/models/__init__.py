@@ -13,7 +13,8 @@ class ModelNotAvailable(RuntimeError):
     """The config names a model this version of llqr cannot build yet."""
 
 
-AVAILABLE = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "transformer_iwslt")
+AVAILABLE = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "transformer_iwslt",
+             "preresnet32", "vgg16", "vgg19", "si_mlp")
 
 
 def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
@@ -61,6 +62,22 @@ def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
         return TransformerMT(src_vocab=vocab[0], tgt_vocab=vocab[1], embed_dim=cfg.embed_dim, ffn_dim=cfg.ffn_dim,
                              heads=cfg.attention_heads, encoder_layers=cfg.encoder_layers,
                              decoder_layers=cfg.decoder_layers, dropout_rate=cfg.dropout_rate)
+    if name == "preresnet32":
+        from .preresnet import PreResNet
+
+        if cfg.norm == "none":
+            from ..config import ConfigError
+
+            raise ConfigError("preresnet32 needs norm=bn or norm=gn (norm=none is for vgg16/vgg19)")
+        return PreResNet(num_classes=num_classes, width=cfg.width, norm=cfg.norm, scale_invariant=cfg.scale_invariant)
+    if name in ("vgg16", "vgg19"):
+        from .study_vgg import StudyVGG
+
+        return StudyVGG(depth=int(name[3:]), norm=cfg.norm, num_classes=num_classes)
+    if name == "si_mlp":
+        from .study_mlp import ScaleInvariantMLP
+
+        return ScaleInvariantMLP(hidden=tuple(cfg.mlp_hidden), num_classes=num_classes)
     raise ModelNotAvailable(
         f"model '{name}' (preset '{cfg.preset}') is not implemented in this version of llqr; "
         f"available models: {', '.join(AVAILABLE)}. The workflow still lists its cells (snakemake -n)."
