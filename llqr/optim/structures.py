@@ -168,3 +168,8 @@ def block_stats(blocks) -> dict:
             sq = sum(jnp.sum(x.astype(jnp.float32) ** 2) for x in jax.tree_util.tree_leaves(layer))
             stats[f"precond_l2/{name}"] = float(jnp.sqrt(sq))
     return stats
+
+
+# Public aliases for the kernel matrix view and path naming, shared with ``llqr.optim.singd``.
+as_matrix_shape = _as_matrix_shape
+path_names = _path_names
