@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .config import FIELDS, PRECOND_KEYS, SAM_KEYS, SCHEDULE_FAMILIES, ConfigError
-from .config.fields import DATASET_ONLY_KEYS, MODEL_ONLY_KEYS
+from .config.fields import DATASET_ONLY_KEYS, MODEL_ONLY_KEYS, OPTIMIZER_ONLY_KEYS
 from .config.presets import apply_overrides, build_config, load_preset
 
 # Short names used in cell ids (others appear in full).
@@ -43,7 +43,8 @@ ALIASES = {
     "precond_lr": "plr",
     "total_epochs": "epochs",
 }
-METRICS = {"test_accuracy": "max", "test_loss": "min", "train_loss": "min", "valid_bleu": "max", "test_bleu": "max"}
+METRICS = {"test_accuracy": "max", "test_loss": "min", "train_loss": "min", "valid_bleu": "max", "test_bleu": "max",
+           "opt_state_bytes": "min", "ms_per_step": "min"}  # the last two: cost columns of the optimizer studies
 _SAFE = "-_.,=+:@"
 _MAX_SEGMENT = 180
 
@@ -74,6 +75,11 @@ def rule_params(config: dict) -> dict:
     for key, datasets in DATASET_ONLY_KEYS.items():
         if out.get("dataset") not in datasets:
             out.pop(key, None)
+    for key, optimizers in OPTIMIZER_ONLY_KEYS.items():
+        if out.get("optimizer") not in optimizers:
+            out.pop(key, None)
+    if out.get("precision") == "fp32":  # the default: leaves every existing cell's params as they were
+        out.pop("precision", None)
     return out
 
 

@@ -37,3 +37,13 @@ def presets_copy(tmp_path, monkeypatch):
     shutil.copytree(REPO / "config" / "presets", target)
     monkeypatch.setenv("LLQR_PRESETS_DIR", str(target))
     return target
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory):
+    """A data root holding the prepared digits dataset (data/digits/digits.npz), shared by all tests."""
+    from llqr.data import digits
+
+    root = tmp_path_factory.mktemp("digits-data")
+    digits.prepare(root / "digits" / digits.FILENAME)
+    return root

@@ -336,6 +336,7 @@ def _digits_run(tmp_path, data_root, cell, **overrides):
     events = [json.loads(x) for x in (cell_dir / "metrics.jsonl").read_text().splitlines()]
     for e in events:
         e.pop("elapsed_s")
+        e.pop("ms_per_step", None)  # wall-clock timing
     return events, lambda step=None: _checkpointed_state(tmp_path / "c" / cell, step)
 
 

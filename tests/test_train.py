@@ -114,6 +114,8 @@ def _comparable(results: Path):
     events = [json.loads(x) for x in (cell / "metrics.jsonl").read_text().splitlines()]
     for e in events:
         e.pop("elapsed_s")
+        e.pop("ms_per_step", None)  # wall-clock timing, not a result
+    summary["final_metrics"].pop("ms_per_step", None)
     return {k: summary[k] for k in ("status", "final", "best", "steps", "final_metrics")}, events
 
 

@@ -18,7 +18,9 @@ MODELS = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramid
           "preresnet32", "vgg16", "vgg19", "si_mlp")
 TRANSLATION_DATASETS = ("iwslt14_de_en", "synth_de_en")  # synth_de_en: ours, the demo's shipped corpus
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet") + TRANSLATION_DATASETS
-OPTIMIZERS = ("sgd", "polyak", "adam", "adamw", "adamw_b2-98", "adamw_b2-95")
+KRONECKER_OPTIMIZERS = ("singd", "ikfac", "kfac")  # ours: the SINGD study's optimizers (llqr.optim.singd)
+OPTIMIZERS = ("sgd", "polyak", "adam", "adamw", "adamw_b2-98", "adamw_b2-95") + KRONECKER_OPTIMIZERS
+SINGD_STRUCTURES = ("dense", "diagonal", "block_diagonal", "hierarchical", "tril_toeplitz", "triu_toeplitz")
 DIVERGENCES = (
     "ngd",
     "newton",
@@ -104,6 +106,15 @@ class RunConfig:
     weight_decay: float = opt(None, "float", minimum=0.0, nullable=True, doc="Coupled L2 unless an adamw optimizer.")
     wd_mask: list = opt(None, "list[str]", nullable=True, doc="Key substrings excluded from weight decay.")
     label_smoothing: float = opt(0.0, "float", minimum=0.0, maximum=1.0)
+    # SINGD / IKFAC / KFAC (ours; defaults from the SINGD paper): momentum is the key above
+    singd_structure: str = opt("dense", "str", choices=SINGD_STRUCTURES, doc="Structure of SINGD's factors K, C.")
+    factor_update_every: int = opt(10, "int", gt=0, doc="T: steps between Kronecker-factor updates (SINGD/KFAC).")
+    factor_damping: float = opt(1.0e-3, "float", minimum=0.0, doc="λ of SINGD/IKFAC/KFAC.")
+    lr_cov: float = opt(1.0e-2, "float", gt=0, doc="β1: SINGD's factor step size.")
+    singd_alpha1: float = opt(0.5, "float", minimum=0.0, maximum=1.0, doc="α1: SINGD's factor momentum (IKFAC: 0).")
+    kfac_ema: float = opt(0.95, "float", minimum=0.0, maximum=1.0, doc="KFAC's factor moving-average decay.")
+    precision: str = opt("fp32", "str", choices=("fp32", "bf16"),
+                         doc="Ours: bf16 keeps params, activations and optimizer state in bfloat16 (loss in fp32).")
     normalize_conv_params: bool = opt(False, "bool")
     lr_scheduler: dict = sched("constant", "Learning-rate schedule.")
     # --- seeds -----------------------------------------------------------------------
@@ -220,5 +231,8 @@ MODEL_ONLY_KEYS = {"mlp_hidden": ("mlp", "si_mlp"), "wrn_layout": ("wide_resnet2
                    "norm": ("preresnet32", "vgg16", "vgg19"), "width": ("preresnet32",),
                    "scale_invariant": ("preresnet32",),
                    **{k: ("transformer_iwslt",) for k in TRANSFORMER_KEYS}}
+OPTIMIZER_ONLY_KEYS = {"singd_structure": ("singd",), "lr_cov": ("singd", "ikfac"), "singd_alpha1": ("singd",),
+                       "kfac_ema": ("kfac",), **{k: KRONECKER_OPTIMIZERS for k in ("factor_update_every",
+                                                                               "factor_damping")}}
 DATASET_ONLY_KEYS = {"crop_mode": ("cifar10", "cifar100"), **{k: TRANSLATION_DATASETS for k in TRANSLATION_KEYS}}
 

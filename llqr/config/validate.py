@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 
-from .fields import FIELDS, TRANSLATION_DATASETS
+from .fields import FIELDS, KRONECKER_OPTIMIZERS, TRANSLATION_DATASETS
 from .schedule_families import SCHEDULE_FAMILIES, default_schedule
 
 
@@ -181,6 +181,13 @@ def _check_schedule(key, sched):
 def check_combinations(cfg: dict) -> None:
     """Cross-key rules that the reference enforces (or that would silently misbehave)."""
     sam = cfg["sam_mode"]
+    if cfg["optimizer"] in KRONECKER_OPTIMIZERS:
+        if cfg["use_preconditioner"]:
+            raise ConfigError(f"optimizer={cfg['optimizer']} is itself a Kronecker preconditioner: "
+                              f"set use_preconditioner=false (LLQR is the alternative, not an addition)")
+        if sam is not None or cfg["grad_acc_steps"] != 1 or cfg["dataset"] in TRANSLATION_DATASETS:
+            raise ConfigError(f"optimizer={cfg['optimizer']} runs without sam_mode, with grad_acc_steps=1, "
+                              f"on image or digits data")
     if sam in ("base_sam", "base_fsam", "past_fsam", "asam"):
         if cfg["sam_use_preconditioner_on_update"] and not cfg["use_preconditioner"]:
             raise ConfigError(

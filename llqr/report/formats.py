@@ -20,7 +20,10 @@ _LATEX_SPECIALS = {
 
 
 def decimals(metric: str) -> int:
-    """Losses need more digits than percentages (accuracy, BLEU) to tell runs apart."""
+    """Losses need more digits than percentages (accuracy, BLEU) to tell runs apart; byte counts
+    are whole numbers."""
+    if metric.endswith("_bytes"):
+        return 0
     return 4 if "loss" in metric else 2
 
 

@@ -31,6 +31,8 @@ from ..data.stream import BatchStream
 from ..matrix import config_hash
 from ..models import build_model
 from ..optim import block_stats, get_blocks, make_llqr_fit, precondition, sam, scale_by_llqr, set_blocks
+from ..config.fields import KRONECKER_OPTIMIZERS
+from ..optim.capture import kronecker_factors
 from ..optim.divergences import RESEARCH_ONLY
 from . import records
 from .checkpoint import Checkpointer
@@ -141,14 +143,22 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
     def variables(params, batch_stats):
         return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
+    low = jnp.bfloat16 if cfg.precision == "bf16" else None
+
+    def apply(params, batch_stats, x, **kw):
+        """The model with bf16 inputs under precision=bf16 (float inputs only; token ids stay
+        ints); outputs in float32, so losses and metrics are computed in full precision."""
+        if low is not None:
+            x = jax.tree_util.tree_map(lambda a: a.astype(low) if jnp.issubdtype(a.dtype, jnp.floating) else a, x)
+        out = model.apply(variables(params, batch_stats), x, **kw)
+        return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), out) if low is not None else out
+
     def loss_fn(params, batch_stats, x, y, key):
         if batch_stats:
-            out, mut = model.apply(
-                variables(params, batch_stats), x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
-            )
+            out, mut = apply(params, batch_stats, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])
             batch_stats = mut["batch_stats"]
         else:
-            out = model.apply(variables(params, batch_stats), x, train=True, rngs={"dropout": key})
+            out = apply(params, batch_stats, x, train=True, rngs={"dropout": key})
         return smoothed_cross_entropy(out, y, ls, pad), batch_stats
 
     def accumulate(params, batch_stats, key, xs, ys):
@@ -189,11 +199,21 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
         blocks = get_blocks(opt_state)
         return lambda v: precondition(cfg.block_structure, blocks, v, scale)
 
-    def train_step(state, xs, ys):
+    def train_step(state, xs, ys, with_factors=False):
+        """One update; ``with_factors`` (Kronecker optimizers, every T steps) also captures the
+        layers' Kronecker factors on the step's batch and hands them to the optimizer."""
         dropout_key, key = jax.random.split(state["dropout_key"])
         params = state["params"]
         loss, grads, batch_stats, _ = accumulate(params, state["batch_stats"], key, xs, ys)
-        updates, opt_state = llqr_update(grads, state["opt_state"], params)
+        if with_factors:
+            factors = kronecker_factors(
+                lambda v, x: apply(v["params"], v.get("batch_stats"), x, train=True, rngs={"dropout": key},
+                                   mutable=["batch_stats"])[0],
+                params, xs[0], ys[0], lambda out, y: smoothed_cross_entropy(out, y, ls, pad),
+                batch_stats=state["batch_stats"] or None)
+            updates, opt_state = tx.update(grads, state["opt_state"], params, factors=factors)
+        else:
+            updates, opt_state = llqr_update(grads, state["opt_state"], params)
         new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state)
         new.update(batch_stats=batch_stats, dropout_key=dropout_key)
         return new, loss
@@ -228,13 +248,13 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
         return new, loss
 
     def eval_sums(params, batch_stats, x, y):
-        return loss_sums(model.apply(variables(params, batch_stats), x, train=False), y, pad)
+        return loss_sums(apply(params, batch_stats, x, train=False), y, pad)
 
     def train_accuracy(params, batch_stats, x, y):
-        return accuracy_percent(model.apply(variables(params, batch_stats), x, train=False), y, pad)
+        return accuracy_percent(apply(params, batch_stats, x, train=False), y, pad)
 
     def fit_log_probs(p, bs, x):
-        out = model.apply(variables(p, bs), x, train=False)
+        out = apply(p, bs, x, train=False)
         if pad is None:
             return out
         # padded target positions (prev_output is pad exactly there) add no divergence curvature
@@ -242,7 +262,8 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
 
     fit = make_llqr_fit(fit_log_probs, cfg, ignore_index=pad)
     sam_jit = jax.jit(sam_step, donate_argnums=0) if mode is not None else None
-    return jax.jit(train_step, donate_argnums=0), sam_jit, jax.jit(eval_sums), jax.jit(train_accuracy), fit
+    step_jit = jax.jit(train_step, donate_argnums=0, static_argnames="with_factors")
+    return step_jit, sam_jit, jax.jit(eval_sums), jax.jit(train_accuracy), fit
 
 
 def _stack(trees):
@@ -269,6 +290,31 @@ def _draw_fit_batch(data, stream, cursor: int, cfg) -> tuple[object, np.ndarray,
 def _fmt_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class StepTimer:
+    """Wall milliseconds per update, amortised over the windows between two host syncs (the
+    logging points), with evaluations, P fits and checkpoints taken out and the first window
+    (compilation) left out; it includes the periodic Kronecker-factor steps."""
+
+    def __init__(self):
+        self.mark, self.mark_step, self.excluded = None, None, 0.0
+        self.seconds, self.steps = 0.0, 0
+
+    def exclude(self, seconds: float) -> None:
+        self.excluded += seconds
+
+    def sync(self, step: int) -> None:
+        """Called right after the device finished step ``step``."""
+        now = time.perf_counter()
+        if self.mark is not None:
+            self.seconds += now - self.mark - self.excluded
+            self.steps += step - self.mark_step
+        self.mark, self.mark_step, self.excluded = now, step, 0.0
+
+    @property
+    def ms_per_step(self) -> float | None:
+        return 1000.0 * self.seconds / self.steps if self.steps else None
 
 
 class MetricsLog:
@@ -368,10 +414,14 @@ def run(
         init = jax.jit(model.init, static_argnames="train")
         variables = init(jax.random.PRNGKey(cfg.init_key), sample_input, train=False)
         params = variables["params"]
+        if cfg.precision == "bf16":  # params (hence activations and optimizer state) in bfloat16
+            params = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), params)
+        kronecker = cfg.optimizer in KRONECKER_OPTIMIZERS
         state = {
             "params": params,
             "batch_stats": variables.get("batch_stats", {}),
-            "opt_state": tx.init(params),
+            # one buffer per leaf: an init may reuse an array in two places, and the step donates its state
+            "opt_state": jax.tree_util.tree_map(jnp.copy, tx.init(params)),
             "dropout_key": jax.random.PRNGKey(cfg.rng_seed),
         }
         if cfg.sam_mode is not None:  # SAM buffers live in the state, so checkpoints carry them
@@ -405,6 +455,7 @@ def run(
         pending: list = []  # (step, device loss) not yet checked for NaN
         diverged_at = None
         rate_t, rate_s = None, start_step
+        timer = StepTimer()
         sam_note = ""
         if cfg.sam_mode is not None:
             sam_note = f", sam {cfg.sam_mode}" + (f" from step {sam_from}" if sam_from else "")
@@ -444,10 +495,14 @@ def run(
                     diverged_at = check_finite()
                     if diverged_at is not None:
                         break
+                    t_save = time.perf_counter()
                     save(step)
+                    timer.exclude(time.perf_counter() - t_save)
                 if evaluator.due(step, total_steps):
+                    t_eval = time.perf_counter()
                     event = {"event": "eval", "step": step, "elapsed_s": round(elapsed(), 3)}
                     event.update(evaluator.evaluate(state, step, total_steps))
+                    timer.exclude(time.perf_counter() - t_eval)
                     if evaluator.keeps_best and evaluator.metric in event and (
                             best_so_far is None or event[evaluator.metric] > best_so_far["value"]):
                         best_so_far = {"value": event[evaluator.metric], "step": step}
@@ -460,6 +515,7 @@ def run(
                 if step == total_steps - 1:
                     break  # sentinel: eval and checkpoint only
                 if fit_precond and step < until and step % max(1, int(round(float(every(step))))) == 0:
+                    t_fit = time.perf_counter()
                     fx, fy, n_batches = _draw_fit_batch(data, stream, cursor, cfg)
                     cursor += n_batches
                     blocks, cost0, cost1 = llqr_fit(
@@ -469,17 +525,19 @@ def run(
                     event = {"event": "precond", "step": step, "elapsed_s": round(elapsed(), 3),
                              "lqr_cost_first": float(cost0), "lqr_cost_last": float(cost1), **block_stats(blocks)}
                     log.write(event)
+                    timer.exclude(time.perf_counter() - t_fit)
                 xs, ys = _draw(data, stream, cursor, cfg.grad_acc_steps)
                 cursor += cfg.grad_acc_steps
                 if sam_step is not None and step >= sam_from:  # before that: the plain step, buffers frozen
                     state, loss = sam_step(state, xs, ys, rho(step))
                 else:
-                    state, loss = train_step(state, xs, ys)
+                    state, loss = train_step(state, xs, ys, with_factors=kronecker and step % cfg.factor_update_every == 0)
                 pending.append((step, loss))
                 if periodic(step, cfg.logging_freq, total_steps) or step % report_every == 0:
                     diverged_at = check_finite()
                     if diverged_at is not None:
                         break
+                    timer.sync(step)
                     loss_v = float(loss)
                     last_x = jax.tree_util.tree_map(lambda a: a[-1], xs)
                     acc = float(train_acc(state["params"], state["batch_stats"], last_x, ys[-1]))
@@ -512,6 +570,11 @@ def run(
         else:
             final_step = total_steps - 1
             final = evaluator.final(state, history[-1] if history else None, final_step)
+            # cost columns of the optimizer studies (ours): state size, and speed of this (resumed) process
+            final["opt_state_bytes"] = int(sum(x.nbytes for x in jax.tree_util.tree_leaves(state["opt_state"])
+                                               if hasattr(x, "nbytes")))
+            if timer.ms_per_step is not None:
+                final["ms_per_step"] = round(timer.ms_per_step, 4)
             log.write({"event": "final_eval", "step": final_step, "elapsed_s": round(elapsed(), 3), **final})
             save(final_step)
             series = history + [{"step": final_step, **final}]

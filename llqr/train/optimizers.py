@@ -34,6 +34,8 @@ def build_main_tx(cfg, lr_schedule) -> optax.GradientTransformation:
         opt = optax.adam(lr_schedule, b1=b1, b2=b2)
     elif name == "adamw":
         opt = optax.adamw(lr_schedule, b1=b1, b2=b2, weight_decay=wd, mask=mask)
+    elif name in ("singd", "ikfac", "kfac"):
+        return kronecker_tx(cfg, lr_schedule)
     elif name in ("adamw_b2-98", "adamw_b2-95"):
         opt = optax.adamw(lr_schedule, b1=b1, b2=0.98 if name.endswith("98") else 0.95, weight_decay=wd)
     else:
@@ -41,3 +43,18 @@ def build_main_tx(cfg, lr_schedule) -> optax.GradientTransformation:
     if wd and "adamw" not in name:
         return optax.chain(optax.add_decayed_weights(wd, mask), opt)
     return opt
+
+
+def kronecker_tx(cfg, lr_schedule) -> optax.GradientTransformationExtraArgs:
+    """SINGD / IKFAC / KFAC (llqr.optim.singd): momentum, coupled weight decay and the LR are inside
+    the transformation; its ``update`` takes ``factors=`` from llqr.optim.capture every T steps."""
+    from ..optim import singd
+
+    common = {"momentum": cfg.momentum, "damping": cfg.factor_damping, "weight_decay": cfg.weight_decay or 0.0,
+              "update_every": cfg.factor_update_every}
+    if cfg.optimizer == "kfac":
+        return singd.kfac(lr_schedule, ema_decay=cfg.kfac_ema, **common)
+    if cfg.optimizer == "ikfac":
+        return singd.ikfac(lr_schedule, lr_cov=cfg.lr_cov, **common)
+    return singd.singd(lr_schedule, lr_cov=cfg.lr_cov, alpha1=cfg.singd_alpha1, structure=cfg.singd_structure, **common)
+
