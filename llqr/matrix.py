@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .config import FIELDS, PRECOND_KEYS, SAM_KEYS, SCHEDULE_FAMILIES, ConfigError
-from .config.fields import DATASET_ONLY_KEYS, MODEL_ONLY_KEYS, OPTIMIZER_ONLY_KEYS
+from .config.fields import DATASET_ONLY_KEYS, MODEL_ONLY_KEYS, NOISE_KEYS, OPTIMIZER_ONLY_KEYS
 from .config.presets import apply_overrides, build_config, load_preset
 
 # Short names used in cell ids (others appear in full).
@@ -44,7 +44,7 @@ ALIASES = {
     "total_epochs": "epochs",
 }
 METRICS = {"test_accuracy": "max", "test_loss": "min", "train_loss": "min", "valid_bleu": "max", "test_bleu": "max",
-           "opt_state_bytes": "min", "ms_per_step": "min"}  # the last two: cost columns of the optimizer studies
+           "opt_state_bytes": "min", "ms_per_step": "min", "noise_ratio": "max", "noise_G": "min", "noise_N": "min"}  # the last two: cost columns of the optimizer studies
 _SAFE = "-_.,=+:@"
 _MAX_SEGMENT = 180
 
@@ -78,8 +78,14 @@ def rule_params(config: dict) -> dict:
     for key, optimizers in OPTIMIZER_ONLY_KEYS.items():
         if out.get("optimizer") not in optimizers:
             out.pop(key, None)
-    if out.get("precision") == "fp32":  # the default: leaves every existing cell's params as they were
-        out.pop("precision", None)
+    for key, noises in NOISE_KEYS.items():
+        if out.get("noise") not in noises:
+            out.pop(key, None)
+    # keys whose default is the behaviour cells had before the key existed: absent unless changed
+    for key, default in (("precision", "fp32"), ("noise", "minibatch"), ("noise_stats_from_epoch", None),
+                         ("noise_stats_batches", 16)):
+        if out.get(key) == default:
+            out.pop(key, None)
     return out
 
 

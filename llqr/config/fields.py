@@ -113,6 +113,17 @@ class RunConfig:
     lr_cov: float = opt(1.0e-2, "float", gt=0, doc="β1: SINGD's factor step size.")
     singd_alpha1: float = opt(0.5, "float", minimum=0.0, maximum=1.0, doc="α1: SINGD's factor momentum (IKFAC: 0).")
     kfac_ema: float = opt(0.95, "float", minimum=0.0, maximum=1.0, doc="KFAC's factor moving-average decay.")
+    # gradient-noise study (SVAG, Li, Malladi & Arora 2021): ours
+    noise: str = opt("minibatch", "str", choices=("minibatch", "svag", "noisy_gd"),
+                     doc="minibatch = plain SGD noise; svag = SVAG with svag_l; noisy_gd = noisy gradient descent "
+                         "(full batch + Gaussian noise of SGD's covariance; not natural gradient).")
+    svag_l: int = opt(1, "int", gt=0, doc="SVAG's l: noise l·Σ/B, LR/l, steps ×l (l=1: plain SGD).")
+    svag_variant: str = opt("sde1", "str", choices=("sde1", "sde2"), doc="SVAG: two reweighted halves or sde2.")
+    noisy_gd_examples: int = opt(None, "int", gt=0, nullable=True,
+                                 doc="Noisy gradient descent: the fixed subset size N (null = the whole train split).")
+    noise_stats_from_epoch: float = opt(None, "float", minimum=0.0, nullable=True,
+                                        doc="Log G_t=|∇L|² and the minibatch noise trace N_t at evals from this epoch.")
+    noise_stats_batches: int = opt(16, "int", minimum=2, doc="M minibatch gradients per noise estimate.")
     precision: str = opt("fp32", "str", choices=("fp32", "bf16"),
                          doc="Ours: bf16 keeps params, activations and optimizer state in bfloat16 (loss in fp32).")
     normalize_conv_params: bool = opt(False, "bool")
@@ -231,6 +242,7 @@ MODEL_ONLY_KEYS = {"mlp_hidden": ("mlp", "si_mlp"), "wrn_layout": ("wide_resnet2
                    "norm": ("preresnet32", "vgg16", "vgg19"), "width": ("preresnet32",),
                    "scale_invariant": ("preresnet32",),
                    **{k: ("transformer_iwslt",) for k in TRANSFORMER_KEYS}}
+NOISE_KEYS = {"svag_l": ("svag",), "svag_variant": ("svag",), "noisy_gd_examples": ("noisy_gd",)}
 OPTIMIZER_ONLY_KEYS = {"singd_structure": ("singd",), "lr_cov": ("singd", "ikfac"), "singd_alpha1": ("singd",),
                        "kfac_ema": ("kfac",), **{k: KRONECKER_OPTIMIZERS for k in ("factor_update_every",
                                                                                "factor_damping")}}

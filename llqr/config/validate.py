@@ -181,6 +181,12 @@ def _check_schedule(key, sched):
 def check_combinations(cfg: dict) -> None:
     """Cross-key rules that the reference enforces (or that would silently misbehave)."""
     sam = cfg["sam_mode"]
+    if cfg["noise"] != "minibatch":
+        if cfg["optimizer"] not in ("sgd", "polyak") or cfg["use_preconditioner"] or sam is not None:
+            raise ConfigError(f"noise={cfg['noise']} is a study of plain SGD's gradient noise: use optimizer=sgd or "
+                              f"polyak, use_preconditioner=false and no sam_mode")
+        if cfg["grad_acc_steps"] != 1 or cfg["dataset"] in TRANSLATION_DATASETS:
+            raise ConfigError(f"noise={cfg['noise']} needs grad_acc_steps=1 and an image or digits dataset")
     if cfg["optimizer"] in KRONECKER_OPTIMIZERS:
         if cfg["use_preconditioner"]:
             raise ConfigError(f"optimizer={cfg['optimizer']} is itself a Kronecker preconditioner: "

@@ -30,13 +30,14 @@ from ..data import DataError, dataset_dir, load_dataset
 from ..data.stream import BatchStream
 from ..matrix import config_hash
 from ..models import build_model
-from ..optim import block_stats, get_blocks, make_llqr_fit, precondition, sam, scale_by_llqr, set_blocks
+from ..optim import block_stats, get_blocks, make_llqr_fit, precondition, sam, scale_by_llqr, set_blocks, svag
 from ..config.fields import KRONECKER_OPTIMIZERS
 from ..optim.capture import kronecker_factors
 from ..optim.divergences import RESEARCH_ONLY
 from . import records
 from .checkpoint import Checkpointer
 from .evaluators import ClassificationEval, periodic
+from .noise import NoiseProbe, NoiseWeights
 from .losses import accuracy_percent, eval_sums as loss_sums, smoothed_cross_entropy
 from .optimizers import build_main_tx
 from .schedules import build_schedule
@@ -153,27 +154,35 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
         out = model.apply(variables(params, batch_stats), x, **kw)
         return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), out) if low is not None else out
 
-    def loss_fn(params, batch_stats, x, y, key):
+    def loss_fn(params, batch_stats, x, y, key, w=None):
         if batch_stats:
             out, mut = apply(params, batch_stats, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])
             batch_stats = mut["batch_stats"]
         else:
             out = apply(params, batch_stats, x, train=True, rngs={"dropout": key})
-        return smoothed_cross_entropy(out, y, ls, pad), batch_stats
+        return smoothed_cross_entropy(out, y, ls, pad, weights=w), batch_stats
 
-    def accumulate(params, batch_stats, key, xs, ys):
+    def accumulate(params, batch_stats, key, xs, ys, coeffs=None, ws=None):
         """Mean loss and mean gradient over the stacked micro-batches at fixed params, BN stats
-        threaded through, one key split per micro-batch; also returns the final stats and key."""
+        threaded through, one key split per micro-batch; also returns the final stats and key.
+        ``coeffs`` replace the mean by a weighted sum over micro-batches (SVAG's c1·L1 + c2·L2, or
+        sde2's factor); ``ws`` are per-example loss weights (noisy gradient descent)."""
 
         def micro(carry, batch):
             batch_stats, k = carry
             k, sub = jax.random.split(k)
-            (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, *batch, sub)
+            x, y, *w = batch
+            (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, batch_stats, x, y, sub, *w)
             return (batch_stats, k), (loss, grads)
 
-        (batch_stats, key), (losses, grads) = jax.lax.scan(micro, (batch_stats, key), (xs, ys))
-        grads = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
-        return jnp.mean(losses), grads, batch_stats, key
+        batches = (xs, ys) if ws is None else (xs, ys, ws)
+        (batch_stats, key), (losses, grads) = jax.lax.scan(micro, (batch_stats, key), batches)
+        if coeffs is None:
+            grads = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
+            return jnp.mean(losses), grads, batch_stats, key
+        grads = jax.tree_util.tree_map(lambda g: jnp.tensordot(coeffs.astype(g.dtype), g, axes=1), grads)
+        return jnp.dot(coeffs, losses), grads, batch_stats, key
 
     def llqr_update(grads, opt_state, params):
         """The configured update: P·g into the main chain (P = I/s when the preconditioner is off)."""
@@ -199,12 +208,13 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
         blocks = get_blocks(opt_state)
         return lambda v: precondition(cfg.block_structure, blocks, v, scale)
 
-    def train_step(state, xs, ys, with_factors=False):
+    def train_step(state, xs, ys, coeffs=None, ws=None, with_factors=False):
         """One update; ``with_factors`` (Kronecker optimizers, every T steps) also captures the
-        layers' Kronecker factors on the step's batch and hands them to the optimizer."""
+        layers' Kronecker factors on the step's batch and hands them to the optimizer; ``coeffs`` and
+        ``ws`` are the gradient-noise study's weights (see ``accumulate``)."""
         dropout_key, key = jax.random.split(state["dropout_key"])
         params = state["params"]
-        loss, grads, batch_stats, _ = accumulate(params, state["batch_stats"], key, xs, ys)
+        loss, grads, batch_stats, _ = accumulate(params, state["batch_stats"], key, xs, ys, coeffs, ws)
         if with_factors:
             factors = kronecker_factors(
                 lambda v, x: apply(v["params"], v.get("batch_stats"), x, train=True, rngs={"dropout": key},
@@ -401,6 +411,10 @@ def run(
             model = build_model(cfg, num_classes=data.num_classes)
             sample_input = jnp.zeros((1, *data.input_shape), jnp.float32)
         lr = build_schedule(cfg.lr_scheduler, cfg.learning_rate, cfg.total_epochs, spe)
+        noise = NoiseWeights(cfg, data.train_size)
+        if cfg.noise == "svag" and not noise.plain:  # SVAG: l× the steps at LR/l, schedule stretched by l
+            lr = svag.svag_schedule(lr, cfg.svag_l)
+            total_steps = (total_steps - 1) * cfg.svag_l + 1
         tx, main_tx = build_update_chain(cfg, lr)
         rho = build_schedule(cfg.perturbation_rho_scheduler, cfg.perturbation_rho, cfg.total_epochs, spe)
         sam_from = cfg.start_sam_after_step or 0  # null or 0: SAM from the first step
@@ -456,6 +470,7 @@ def run(
         diverged_at = None
         rate_t, rate_s = None, start_step
         timer = StepTimer()
+        probe = NoiseProbe(model, data, cfg) if cfg.noise_stats_from_epoch is not None and not translation else None
         sam_note = ""
         if cfg.sam_mode is not None:
             sam_note = f", sam {cfg.sam_mode}" + (f" from step {sam_from}" if sam_from else "")
@@ -502,6 +517,8 @@ def run(
                     t_eval = time.perf_counter()
                     event = {"event": "eval", "step": step, "elapsed_s": round(elapsed(), 3)}
                     event.update(evaluator.evaluate(state, step, total_steps))
+                    if probe is not None and probe.due(step, spe * (cfg.svag_l if cfg.noise == "svag" else 1)):
+                        event.update(probe.measure(state, step))
                     timer.exclude(time.perf_counter() - t_eval)
                     if evaluator.keeps_best and evaluator.metric in event and (
                             best_so_far is None or event[evaluator.metric] > best_so_far["value"]):
@@ -526,10 +543,17 @@ def run(
                              "lqr_cost_first": float(cost0), "lqr_cost_last": float(cost1), **block_stats(blocks)}
                     log.write(event)
                     timer.exclude(time.perf_counter() - t_fit)
-                xs, ys = _draw(data, stream, cursor, cfg.grad_acc_steps)
-                cursor += cfg.grad_acc_steps
+                if cfg.noise == "noisy_gd":  # the same fixed subset every step, freshly reweighted
+                    x, y = data.train_batch(noise.subset, step)
+                    xs, ys = _stack([x]), np.stack([y])
+                else:
+                    xs, ys = _draw(data, stream, cursor, cfg.grad_acc_steps * noise.batches())
+                    cursor += cfg.grad_acc_steps * noise.batches()
                 if sam_step is not None and step >= sam_from:  # before that: the plain step, buffers frozen
                     state, loss = sam_step(state, xs, ys, rho(step))
+                elif not noise.plain:
+                    ws = noise.example_weights(step) if cfg.noise == "noisy_gd" else None
+                    state, loss = train_step(state, xs, ys, noise.coeffs(step), ws)
                 else:
                     state, loss = train_step(state, xs, ys, with_factors=kronecker and step % cfg.factor_update_every == 0)
                 pending.append((step, loss))
@@ -570,6 +594,9 @@ def run(
         else:
             final_step = total_steps - 1
             final = evaluator.final(state, history[-1] if history else None, final_step)
+            if probe is not None and probe.due(final_step, spe * (cfg.svag_l if cfg.noise == "svag" else 1)):
+                last = history[-1] if history and history[-1]["step"] == final_step else {}
+                final.update({k: v for k, v in last.items() if k.startswith("noise_")} or probe.measure(state, final_step))
             # cost columns of the optimizer studies (ours): state size, and speed of this (resumed) process
             final["opt_state_bytes"] = int(sum(x.nbytes for x in jax.tree_util.tree_leaves(state["opt_state"])
                                                if hasattr(x, "nbytes")))

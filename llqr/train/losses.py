@@ -20,11 +20,16 @@ def _masked_mean(values, mask):
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def smoothed_cross_entropy(log_probs, labels, label_smoothing: float = 0.0, ignore_index: int | None = None):
-    """Mean CE against (1-ls)*onehot + ls/K, as the reference (ls spread over all K classes)."""
+def smoothed_cross_entropy(log_probs, labels, label_smoothing: float = 0.0, ignore_index: int | None = None,
+                           weights=None):
+    """Mean CE against (1-ls)*onehot + ls/K, as the reference (ls spread over all K classes).
+    ``weights`` (one per example) reweight the terms of the mean: noisy gradient descent."""
     num_classes = log_probs.shape[-1]
     target = jax.nn.one_hot(labels, num_classes) * (1.0 - label_smoothing) + label_smoothing / num_classes
-    return _masked_mean(-jnp.sum(target * log_probs, axis=-1), _valid(labels, ignore_index))
+    values = -jnp.sum(target * log_probs, axis=-1)
+    if weights is not None:
+        values = values * weights
+    return _masked_mean(values, _valid(labels, ignore_index))
 
 
 def accuracy_percent(log_probs, labels, ignore_index: int | None = None):

@@ -1,0 +1,225 @@
+"""Second-order optimizers' cost, measured side by side in one run: step time and optimizer-state memory.
+
+Variants, all on the same model, batch and synthetic data: SGD (heavy-ball, ``optimizer=polyak``,
+momentum 0.9: the baseline of the ratios, and LLQR's main optimizer), AdamW, KFAC, IKFAC, SINGD
+(dense and diagonal K, C) and LLQR (diagonal and e-kfac P on polyak). The steps are the runner's
+own jitted functions (``llqr.train.loop._make_fns``) with the runner's optimizers
+(``build_update_chain``), state layout and periodic work:
+
+- KFAC / IKFAC / SINGD: one ``train_step(..., with_factors=True)`` every ``--factor-every`` (T)
+  steps, as the runner does (``step % factor_update_every == 0``); the amortised time is measured
+  directly over rounds of K steps (K a multiple of T) with the factor steps in place.
+- LLQR: one ``llqr_fit`` every ``--precond-every`` steps (``update_preconditioner_every``), on
+  ``precond_batch_size`` examples with ``precond_steps`` inner steps; the fit is timed on its own
+  (one synchronised call per round, in the first ``--fit-rounds`` rounds) and amortised as
+  (T_step * every + T_fit) / every.
+
+Every variant's plain step (no periodic work) is timed too. ``state bytes`` is the sum of ``nbytes``
+over the leaves of ``opt_state`` (as the runner's ``opt_state_bytes``), i.e. without the params.
+
+Measurements are interleaved: each round times K consecutive steps of every variant in turn
+(dispatched back to back, one sync at the end) and the figure is the median over rounds of the
+per-step time, so drift (clock boost, other load) hits every variant alike.
+
+Models: ``--model mlp`` the reference MLP 784-100-300-10 (default), ``--model cnn`` the 2-conv net of
+``benchmarks/llqr_overhead.py`` (its LLQR fit takes seconds on CPU). ``--precision bf16`` runs every
+variant with bfloat16 params and inputs (the runner's ``precision=bf16``).
+
+    python benchmarks/second_order.py [--model mlp|cnn] [--precision fp32|bf16] [--rounds 15]
+        [--steps 20] [--factor-every 10] [--precond-every 1000] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.llqr_overhead import SmallCNN  # noqa: E402
+from llqr.config import build_config  # noqa: E402
+from llqr.config.fields import KRONECKER_OPTIMIZERS  # noqa: E402
+from llqr.models.mlp import MLP  # noqa: E402
+from llqr.optim import get_blocks, set_blocks  # noqa: E402
+from llqr.train.loop import _make_fns, build_update_chain  # noqa: E402
+
+MODELS = {
+    "mlp": ("MLP 784-100-300-10", lambda: MLP(hidden=(100, 300), num_classes=10)),
+    "cnn": ("CNN conv16-pool-conv32-pool-dense10", SmallCNN),
+}
+
+# name -> config values on top of the common ones (lr, momentum, T, every, precision)
+VARIANTS = {
+    "sgd": {"optimizer": "polyak", "use_preconditioner": False},
+    "adamw": {"optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 5e-4, "use_preconditioner": False},
+    "kfac": {"optimizer": "kfac", "use_preconditioner": False},
+    "ikfac": {"optimizer": "ikfac", "use_preconditioner": False},
+    "singd-dense": {"optimizer": "singd", "singd_structure": "dense", "use_preconditioner": False},
+    "singd-diag": {"optimizer": "singd", "singd_structure": "diagonal", "use_preconditioner": False},
+    "llqr-diag": {"optimizer": "polyak", "use_preconditioner": True, "block_structure": "diagonal"},
+    "llqr-ekfac": {"optimizer": "polyak", "use_preconditioner": True, "block_structure": "e-kfac"},
+}
+
+
+def _tree_bytes(tree) -> int:
+    return int(sum(x.nbytes for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "nbytes")))
+
+
+class Variant:
+    """One optimizer on the runner's jitted functions, its state threaded through every call."""
+
+    def __init__(self, name, values, model, xs, ys, key):
+        self.name = name
+        self.cfg = cfg = build_config(values)
+        self.kronecker = cfg.optimizer in KRONECKER_OPTIMIZERS
+        self.llqr = bool(cfg.use_preconditioner)
+        tx, main_tx = build_update_chain(cfg, cfg.learning_rate)
+        self.train_step, _sam, _ev, _acc, self.llqr_fit = _make_fns(model, tx, cfg, main_tx)
+        params = jax.jit(model.init, static_argnames="train")(key, xs[0, :1], train=False)["params"]
+        if cfg.precision == "bf16":  # as run(): params (hence activations and optimizer state) in bfloat16
+            params = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), params)
+        # one buffer per leaf, as run(): the step donates its state
+        self.state = {"params": params, "batch_stats": {},
+                      "opt_state": jax.tree_util.tree_map(jnp.copy, tx.init(params)),
+                      "dropout_key": jnp.copy(key)}
+        self.xs, self.ys = xs, ys
+        self.fx = xs[0, : cfg.precond_batch_size]
+        self.fy = ys[0, : cfg.precond_batch_size]
+        self.times = {"step": [], "cycle": [], "fit": []}
+        self.count = 0  # steps taken: factor steps land where the runner's would (count % T == 0)
+        self.loss = None
+
+    def run_steps(self, k: int, periodic: bool) -> float:
+        """Seconds per step over k consecutive steps (Kronecker factor steps in place if periodic)."""
+        jax.block_until_ready(self.state)
+        T = self.cfg.factor_update_every
+        t = time.perf_counter()
+        state, loss = self.state, None
+        for i in range(k):
+            factors = periodic and self.kronecker and (self.count + i) % T == 0
+            state, loss = self.train_step(state, self.xs, self.ys, with_factors=factors)
+        jax.block_until_ready((state, loss))
+        dt = (time.perf_counter() - t) / k
+        self.state, self.loss, self.count = state, loss, self.count + k
+        return dt
+
+    def fit(self) -> float:
+        """Seconds of one LLQR fit, its blocks written into the state as the runner does."""
+        s = self.state
+        jax.block_until_ready(s)
+        t = time.perf_counter()
+        blocks, _c0, c1 = self.llqr_fit(get_blocks(s["opt_state"]), s["params"], s["batch_stats"], self.fx, self.fy,
+                                        float(self.cfg.precond_lr), float(self.cfg.ema_decay))
+        jax.block_until_ready((blocks, c1))
+        dt = time.perf_counter() - t
+        self.state = dict(s, opt_state=set_blocks(s["opt_state"], blocks))
+        return dt
+
+
+def measure(model_name: str, precision: str, rounds: int, steps: int, factor_every: int, precond_every: int,
+            fit_rounds: int, batch: int, seed: int = 0) -> list[dict]:
+    if steps % factor_every:
+        raise SystemExit(f"--steps {steps} must be a multiple of --factor-every {factor_every}")
+    model = MODELS[model_name][1]()
+    key = jax.random.PRNGKey(seed)
+    xs = jax.random.normal(key, (1, batch, 28, 28, 1))
+    ys = jax.random.randint(jax.random.fold_in(key, 1), (1, batch), 0, 10)
+    common = {"learning_rate": 0.01, "momentum": 0.9, "factor_update_every": factor_every,
+              "update_preconditioner_every": precond_every, "precision": precision}
+    runs = []
+    for name, values in VARIANTS.items():
+        v = Variant(name, {**common, **values}, model, xs, ys, key)
+        v.run_steps(factor_every, periodic=True)  # compile and warm up both steps (a factor step first)
+        v.run_steps(factor_every, periodic=True)
+        if v.llqr:
+            v.fit()  # compile and warm up the fit
+        runs.append(v)  # 2 T steps so far, K a multiple of T: every round starts on a factor step
+    for r in range(rounds):
+        for v in runs:
+            v.times["step"].append(v.run_steps(steps, periodic=False))
+            if v.kronecker:
+                v.times["cycle"].append(v.run_steps(steps, periodic=True))
+            if v.llqr and r < fit_rounds:
+                v.times["fit"].append(v.fit())
+    rows = []
+    for v in runs:
+        t_step = statistics.median(v.times["step"])
+        row = {"variant": v.name, "optimizer": v.cfg.optimizer, "step_ms": 1e3 * t_step,
+               "step_spread_ms": 1e3 * (max(v.times["step"]) - min(v.times["step"])),
+               "periodic": None, "periodic_every": None, "periodic_ms": None,
+               "state_bytes": _tree_bytes(v.state["opt_state"]),
+               "param_bytes": _tree_bytes(v.state["params"]),
+               "final_loss": float(v.loss), "finite": bool(np.isfinite(float(v.loss)))}
+        if v.kronecker:
+            t_cycle = statistics.median(v.times["cycle"])
+            # extra cost of one factor step, derived from the two medians
+            row.update(periodic="factor step", periodic_every=factor_every,
+                       periodic_ms=1e3 * (t_cycle - t_step) * factor_every, amortized_ms=1e3 * t_cycle,
+                       structure=v.cfg.singd_structure if v.cfg.optimizer == "singd" else None)
+        elif v.llqr:
+            t_fit = statistics.median(v.times["fit"])
+            row.update(periodic="llqr_fit", periodic_every=precond_every, periodic_ms=1e3 * t_fit,
+                       amortized_ms=1e3 * (t_step * precond_every + t_fit) / precond_every,
+                       structure=v.cfg.block_structure, precond_steps=v.cfg.precond_steps,
+                       precond_batch_size=v.cfg.precond_batch_size, fit_calls=len(v.times["fit"]))
+        else:
+            row["amortized_ms"] = 1e3 * t_step
+        rows.append(row)
+    base = next(r for r in rows if r["variant"] == "sgd")
+    for r in rows:
+        r["ms_ratio_vs_sgd"] = r["amortized_ms"] / base["amortized_ms"]
+        r["step_ratio_vs_sgd"] = r["step_ms"] / base["step_ms"]
+        r["bytes_ratio_vs_sgd"] = r["state_bytes"] / base["state_bytes"]
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20, help="K: steps per variant per round (a multiple of T)")
+    parser.add_argument("--factor-every", type=int, default=10, help="T: Kronecker factor step every T steps")
+    parser.add_argument("--precond-every", type=int, default=1000, help="LLQR fit every this many steps")
+    parser.add_argument("--fit-rounds", type=int, default=None,
+                        help="rounds that also time one LLQR fit (default 5 for mlp, 1 for cnn)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    fit_rounds = args.fit_rounds if args.fit_rounds is not None else (5 if args.model == "mlp" else 1)
+    t0 = time.perf_counter()
+    rows = measure(args.model, args.precision, args.rounds, args.steps, args.factor_every, args.precond_every,
+                   min(fit_rounds, args.rounds), args.batch)
+    wall = time.perf_counter() - t0
+    device = jax.devices()[0].device_kind
+    print(f"{MODELS[args.model][0]}, batch {args.batch}, {args.precision}, backend {jax.default_backend()} ({device}); "
+          f"median of {args.rounds} interleaved rounds x {args.steps} steps; factor step every {args.factor_every}, "
+          f"LLQR fit every {args.precond_every}; SGD = polyak (momentum 0.9); {wall:.0f} s")
+    print("ms/step: amortised over the periodic work; plain ms: a step without it; periodic ms: one factor step's "
+          "extra time (Kronecker) or one fit (LLQR)")
+    print(f"| {'variant':11} | {'ms/step':>8} | {'× SGD':>6} | {'state bytes':>11} | {'× SGD':>6} | "
+          f"{'plain ms':>8} | {'periodic ms':>11} | {'finite':6} |")
+    print(f"|{'-' * 13}|{'-' * 10}|{'-' * 8}|{'-' * 13}|{'-' * 8}|{'-' * 10}|{'-' * 13}|{'-' * 8}|")
+    for r in rows:
+        periodic = f"{r['periodic_ms']:11.1f}" if r["periodic_ms"] is not None else f"{'-':>11}"
+        print(f"| {r['variant']:11} | {r['amortized_ms']:8.3f} | {r['ms_ratio_vs_sgd']:6.2f} | {r['state_bytes']:11d} | "
+              f"{r['bytes_ratio_vs_sgd']:6.2f} | {r['step_ms']:8.3f} | {periodic} | {str(r['finite']):6} |")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "rows": rows, "model": args.model, "model_desc": MODELS[args.model][0], "precision": args.precision,
+            "batch": args.batch, "rounds": args.rounds, "steps": args.steps, "factor_every": args.factor_every,
+            "precond_every": args.precond_every, "fit_rounds": min(fit_rounds, args.rounds), "baseline": "polyak",
+            "backend": jax.default_backend(), "device": device, "wall_s": wall}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
