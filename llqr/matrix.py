@@ -188,6 +188,8 @@ def normalise(config: dict, base: dict) -> dict:
             inert.discard("block_structure")
         for key in inert:
             out[key] = base[key]
+    if out.get("noise") == "svag" and out.get("svag_l") == 1:  # SVAG at l = 1 is plain SGD, step for step
+        out["noise"], out["svag_l"], out["svag_variant"] = base["noise"], base["svag_l"], base["svag_variant"]
     mode = out["sam_mode"]
     inert_sam = set(SAM_KEYS) if mode is None else {k for k, modes in _SAM_KEY_MODES.items() if mode not in modes}
     for key in inert_sam:

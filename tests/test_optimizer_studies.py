@@ -55,3 +55,47 @@ def test_study_keys_reach_only_the_cells_that_read_them():
     singd = resolve("digits-mlp", {"use_preconditioner": False, "optimizer": "singd", "precision": "bf16"}).to_dict()
     params = json.loads(Cell("c", "digits-mlp", 42, singd).config_json)
     assert params["singd_structure"] == "dense" and params["precision"] == "bf16" and "kfac_ema" not in params
+
+
+def _final(tmp_path, root, cell, **overrides):
+    cfg = resolve("digits-mlp-smoke", {"use_preconditioner": False, **overrides})
+    summary = run(cfg, cell_id=cell, results_dir=tmp_path / "r", checkpoints_dir=tmp_path / "c", data_root=root,
+                  out=lambda _line: None)
+    events = [json.loads(x) for x in (tmp_path / "r" / "cells" / cell / "metrics.jsonl").read_text().splitlines()]
+    return summary, events
+
+
+def test_svag_runs_l_times_the_steps_and_sde2_runs(tmp_path, digits_root):
+    base, _ = _final(tmp_path, digits_root, "n/sgd/seed42")
+    for variant in ("sde1", "sde2"):
+        summary, events = _final(tmp_path, digits_root, f"n/{variant}/seed42", noise="svag", svag_l=4,
+                                 svag_variant=variant)
+        assert summary["status"] == "ok" and summary["total_steps"] - 1 == 4 * (base["total_steps"] - 1)
+        losses = [e["train_loss"] for e in events if e["event"] == "train"]
+        assert losses[-1] < losses[0]
+
+
+def test_svag_at_l_1_is_the_plain_sgd_cell():
+    from llqr.matrix import normalise
+
+    base = resolve("digits-mlp", {}).to_dict()
+    svag1 = resolve("digits-mlp", {"noise": "svag", "svag_l": 1}).to_dict()
+    assert normalise(svag1, base) == normalise(base, base)
+
+
+def test_noisy_gradient_descent_and_noise_statistics(tmp_path, digits_root):
+    summary, events = _final(tmp_path, digits_root, "n/ngd/seed42", noise="noisy_gd", noisy_gd_examples=256,
+                             noise_stats_from_epoch=0.5, noise_stats_batches=4)
+    assert summary["status"] == "ok" and summary["final_metrics"]["test_accuracy"] > 30
+    stats = [e for e in events if "noise_ratio" in e]
+    assert stats and all(e["noise_N"] > 0 for e in stats)
+    assert "noise_ratio" in summary["final_metrics"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"noise": "svag", "optimizer": "adamw"}, "noise=svag is a study of plain SGD"),
+    ({"noise": "noisy_gd", "grad_acc_steps": 2}, "needs grad_acc_steps=1"),
+])
+def test_noise_study_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve("digits-mlp", overrides)

@@ -182,7 +182,9 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
             grads = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
             return jnp.mean(losses), grads, batch_stats, key
         grads = jax.tree_util.tree_map(lambda g: jnp.tensordot(coeffs.astype(g.dtype), g, axes=1), grads)
-        return jnp.dot(coeffs, losses), grads, batch_stats, key
+        # the reported loss is the plain mean: SVAG's coefficients (negative ones included) shape the
+        # gradient noise, not the objective
+        return jnp.mean(losses), grads, batch_stats, key
 
     def llqr_update(grads, opt_state, params):
         """The configured update: P·g into the main chain (P = I/s when the preconditioner is off)."""
