@@ -69,18 +69,11 @@ def rule_params(config: dict) -> dict:
     MLP cell, BLEU settings in an image cell), so adding or retuning such a key re-runs only the
     cells that read it. The runner fills the dropped keys back with their (unread) defaults."""
     out = dict(config)
-    for key, models in MODEL_ONLY_KEYS.items():
-        if out.get("model") not in models:
-            out.pop(key, None)
-    for key, datasets in DATASET_ONLY_KEYS.items():
-        if out.get("dataset") not in datasets:
-            out.pop(key, None)
-    for key, optimizers in OPTIMIZER_ONLY_KEYS.items():
-        if out.get("optimizer") not in optimizers:
-            out.pop(key, None)
-    for key, noises in NOISE_KEYS.items():
-        if out.get("noise") not in noises:
-            out.pop(key, None)
+    for owner, keys in (("model", MODEL_ONLY_KEYS), ("dataset", DATASET_ONLY_KEYS),
+                        ("optimizer", OPTIMIZER_ONLY_KEYS), ("noise", NOISE_KEYS)):
+        for key, readers in keys.items():
+            if out.get(owner) not in readers:
+                out.pop(key, None)
     # keys whose default is the behaviour cells had before the key existed: absent unless changed
     for key, default in (("precision", "fp32"), ("noise", "minibatch"), ("noise_stats_from_epoch", None),
                          ("noise_stats_batches", 16)):
