@@ -20,7 +20,6 @@ import pytest
 
 from conftest import REPO
 from llqr.config import ConfigError, build_config, resolve
-from llqr.data import digits
 from llqr.optim import sam, set_blocks
 from llqr.train.loop import FeatureNotAvailable, _make_fns, build_update_chain, run
 from test_train import _final_params, _flat, interrupted_run_matches_uninterrupted
@@ -322,10 +321,8 @@ SAM_LLQR = {"use_preconditioner": True, "sam_use_preconditioner_on_update": True
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    digits.prepare(root / "digits" / digits.FILENAME)
-    return root
+def data_root(digits_root):
+    return digits_root
 
 
 def _digits_run(tmp_path, data_root, cell, **overrides):

@@ -19,10 +19,8 @@ from llqr.train.loop import run
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    digits.prepare(root / "digits" / digits.FILENAME)
-    return root
+def data_root(digits_root):
+    return digits_root
 
 
 def _run(tmp_path, data_root, cell="t/default/seed42", **overrides):
