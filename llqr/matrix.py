@@ -104,6 +104,7 @@ class Surface:
     rows: list
     columns: list
     seeds: list
+    x: str = "step"  # the figure's x axis: loop step, or effective_step (SVAG: step / l)
     entries: list = field(default_factory=list)
 
     @property
@@ -122,6 +123,7 @@ class Surface:
             "rows": self.rows,
             "columns": self.columns,
             "seeds": self.seeds,
+            "x": self.x,
             "entries": [
                 {"cell": e.cell_id, "preset": e.preset, "labels": e.labels, "seed": e.seed} for e in self.entries
             ],
@@ -310,6 +312,7 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
         rows=rows,
         columns=columns,
         seeds=list(seeds),
+        x=spec.get("x", "step"),
     )
     combos = list(itertools.product(*axes.values())) if axes else [()]
     for preset in presets:

@@ -122,8 +122,10 @@ def entries_frame(surface: dict, results_dir) -> pd.DataFrame:
     return frame.astype({c: "Int64" for c in ("final_step", "best_step", "diverged_at_step")})
 
 
-def read_curve(results_dir, cell_id: str, metric: str) -> pd.DataFrame:
-    """The metric's logged points for one cell (columns event, step, value); empty if none."""
+def read_curve(results_dir, cell_id: str, metric: str, x: str = "step") -> pd.DataFrame:
+    """The metric's logged points for one cell (columns event, step, value); empty if none.
+    ``x="effective_step"`` puts the events' effective step (SVAG: step / l; else the step) in
+    the step column."""
     path = cell_dir(results_dir, cell_id) / "metrics.jsonl"
     events = _EVENTS.get(metric, _EVAL_EVENTS)
     points = []
@@ -135,16 +137,17 @@ def read_curve(results_dir, cell_id: str, metric: str) -> pd.DataFrame:
                 continue
             if not isinstance(record, dict) or record.get("event") not in events:
                 continue
-            value, step = _number(record.get(metric)), record.get("step")
+            value, step = _number(record.get(metric)), record.get(x, record.get("step"))
             if value is not None and isinstance(step, (int, float)):
-                points.append({"cell": cell_id, "event": record["event"], "step": int(step), "value": value})
+                step = int(step) if x == "step" else float(step)
+                points.append({"cell": cell_id, "event": record["event"], "step": step, "value": value})
     return pd.DataFrame(points, columns=CURVE_COLUMNS)
 
 
 def curves_frame(surface: dict, results_dir) -> pd.DataFrame:
     """Every cell's curve of the surface metric, stacked (columns cell, event, step, value)."""
     ids = dict.fromkeys(e["cell"] for e in surface["entries"])
-    frames = [read_curve(results_dir, cid, surface["metric"]) for cid in ids]
+    frames = [read_curve(results_dir, cid, surface["metric"], surface.get("x", "step")) for cid in ids]
     frames = [f for f in frames if not f.empty]
     if not frames:
         return pd.DataFrame(columns=CURVE_COLUMNS).astype({"step": int, "value": float})

@@ -77,7 +77,7 @@ def _draw_variant(ax, runs: pd.DataFrame, points: pd.DataFrame, label: str, colo
 def _panel(ax, preset: str, surface: dict, variants: list, entries: pd.DataFrame, points: pd.DataFrame, colors) -> None:
     axes = list(surface["axes"])
     ax.set_title(preset)
-    ax.set_xlabel("step")
+    ax.set_xlabel(surface.get("x", "step").replace("_", " "))
     ax.set_ylabel(surface["metric"])
     handles, drawn = [], False
     for variant, color in zip(variants, colors):

@@ -472,6 +472,8 @@ def run(
         diverged_at = None
         rate_t, rate_s = None, start_step
         timer = StepTimer()
+        # SVAG's time axis: l steps at LR/l make one SGD step (surfaces may plot against it)
+        effective = (lambda s: {"effective_step": s / cfg.svag_l}) if cfg.noise == "svag" else (lambda s: {})
         probe = NoiseProbe(model, data, cfg) if cfg.noise_stats_from_epoch is not None and not translation else None
         sam_note = ""
         if cfg.sam_mode is not None:
@@ -517,7 +519,7 @@ def run(
                     timer.exclude(time.perf_counter() - t_save)
                 if evaluator.due(step, total_steps):
                     t_eval = time.perf_counter()
-                    event = {"event": "eval", "step": step, "elapsed_s": round(elapsed(), 3)}
+                    event = {"event": "eval", "step": step, "elapsed_s": round(elapsed(), 3), **effective(step)}
                     event.update(evaluator.evaluate(state, step, total_steps))
                     if probe is not None and probe.due(step, spe * (cfg.svag_l if cfg.noise == "svag" else 1)):
                         event.update(probe.measure(state, step))
@@ -604,7 +606,8 @@ def run(
                                                if hasattr(x, "nbytes")))
             if timer.ms_per_step is not None:
                 final["ms_per_step"] = round(timer.ms_per_step, 4)
-            log.write({"event": "final_eval", "step": final_step, "elapsed_s": round(elapsed(), 3), **final})
+            log.write({"event": "final_eval", "step": final_step, "elapsed_s": round(elapsed(), 3), **effective(final_step),
+                       **final})
             save(final_step)
             series = history + [{"step": final_step, **final}]
             metric = evaluator.metric
