@@ -73,6 +73,12 @@ def test_svag_runs_l_times_the_steps_and_sde2_runs(tmp_path, digits_root):
         assert summary["status"] == "ok" and summary["total_steps"] - 1 == 4 * (base["total_steps"] - 1)
         losses = [e["train_loss"] for e in events if e["event"] == "train"]
         assert losses[-1] < losses[0]
+        evals = [e for e in events if e["event"] in ("eval", "final_eval")]
+        assert evals and all(e["effective_step"] == e["step"] / 4 for e in evals)
+    from llqr.report.collect import read_curve
+
+    curve = read_curve(tmp_path / "r", "n/sde1/seed42", "test_accuracy", x="effective_step")
+    assert curve["step"].max() == (base["total_steps"] - 1)  # the same time axis as SGD's steps
 
 
 def test_svag_at_l_1_is_the_plain_sgd_cell():
