@@ -22,8 +22,10 @@ Measurements are interleaved: each round times K consecutive steps of every vari
 per-step time, so drift (clock boost, other load) hits every variant alike.
 
 Models: ``--model mlp`` the reference MLP 784-100-300-10 (default), ``--model cnn`` the 2-conv net of
-``benchmarks/llqr_overhead.py`` (its LLQR fit takes seconds on CPU). ``--precision bf16`` runs every
-variant with bfloat16 params and inputs (the runner's ``precision=bf16``).
+``benchmarks/llqr_overhead.py`` (on a 2-core CPU its step takes ~0.5 s and its LLQR fit ~20 s: use
+``--rounds 3 --steps 10`` there). ``--precision bf16`` runs every variant with bfloat16 params and
+inputs (the runner's ``precision=bf16``). The default run (MLP, fp32) takes about 2 minutes on 2 CPU
+cores, half of it compilation.
 
     python benchmarks/second_order.py [--model mlp|cnn] [--precision fp32|bf16] [--rounds 15]
         [--steps 20] [--factor-every 10] [--precond-every 1000] [--json PATH]
@@ -210,8 +212,8 @@ def main(argv=None) -> int:
     print(f"|{'-' * 13}|{'-' * 10}|{'-' * 8}|{'-' * 13}|{'-' * 8}|{'-' * 10}|{'-' * 13}|{'-' * 8}|")
     for r in rows:
         periodic = f"{r['periodic_ms']:11.1f}" if r["periodic_ms"] is not None else f"{'-':>11}"
-        print(f"| {r['variant']:11} | {r['amortized_ms']:8.3f} | {r['ms_ratio_vs_sgd']:6.2f} | {r['state_bytes']:11d} | "
-              f"{r['bytes_ratio_vs_sgd']:6.2f} | {r['step_ms']:8.3f} | {periodic} | {str(r['finite']):6} |")
+        print(f"| {r['variant']:11} | {r['amortized_ms']:8.3f} | {r['ms_ratio_vs_sgd']:6.2f} | "
+              f"{r['state_bytes']:11d} | {r['bytes_ratio_vs_sgd']:6.2f} | {r['step_ms']:8.3f} | {periodic} | {str(r['finite']):6} |")
     if args.json:
         args.json.write_text(json.dumps({
             "rows": rows, "model": args.model, "model_desc": MODELS[args.model][0], "precision": args.precision,

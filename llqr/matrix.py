@@ -64,16 +64,21 @@ class Cell:
         return canonical_json(rule_params(self.config))
 
 
+_KEY_OWNERS = (("model", MODEL_ONLY_KEYS), ("dataset", DATASET_ONLY_KEYS), ("optimizer", OPTIMIZER_ONLY_KEYS),
+               ("noise", NOISE_KEYS))
+
+
+def _unread(config: dict) -> dict:
+    """The keys of ``config`` that its model, dataset, optimizer or noise mode never reads."""
+    return {key: config[key] for owner, keys in _KEY_OWNERS for key, readers in keys.items()
+            if key in config and config.get(owner) not in readers}
+
+
 def rule_params(config: dict) -> dict:
     """The config without the keys its model and dataset never read (a Transformer's width in an
     MLP cell, BLEU settings in an image cell), so adding or retuning such a key re-runs only the
     cells that read it. The runner fills the dropped keys back with their (unread) defaults."""
-    out = dict(config)
-    for owner, keys in (("model", MODEL_ONLY_KEYS), ("dataset", DATASET_ONLY_KEYS),
-                        ("optimizer", OPTIMIZER_ONLY_KEYS), ("noise", NOISE_KEYS)):
-        for key, readers in keys.items():
-            if out.get(owner) not in readers:
-                out.pop(key, None)
+    out = {k: v for k, v in config.items() if k not in _unread(config)}
     # keys whose default is the behaviour cells had before the key existed: absent unless changed
     for key, default in (("precision", "fp32"), ("noise", "minibatch"), ("noise_stats_from_epoch", None),
                          ("noise_stats_batches", 16)):
@@ -185,6 +190,8 @@ def normalise(config: dict, base: dict) -> dict:
             out[key] = base[key]
     if out.get("noise") == "svag" and out.get("svag_l") == 1:  # SVAG at l = 1 is plain SGD, step for step
         out["noise"], out["svag_l"], out["svag_variant"] = base["noise"], base["svag_l"], base["svag_variant"]
+    for key, value in _unread(out).items():  # e.g. singd_structure in an AdamW cell
+        out[key] = base[key] if key in base else value
     mode = out["sam_mode"]
     inert_sam = set(SAM_KEYS) if mode is None else {k for k, modes in _SAM_KEY_MODES.items() if mode not in modes}
     for key in inert_sam:
