@@ -38,3 +38,9 @@ rule demo:
 rule paper:
     input:
         lambda wc: surface_targets("paper", required=True),
+
+
+# The companion optimizer studies (SINGD, SVAG, linear scaling rule, noisy gradient descent).
+rule studies:
+    input:
+        lambda wc: surface_targets("studies", required=True),

@@ -36,7 +36,7 @@ def surface_targets(group, required=False):
     names = MATRIX.group(group)
     if required and not names:
         raise WorkflowError(
-            f"no '{group}' surfaces in the config; add --configfile config/{group}.yaml"
+            f"no '{group}' surfaces in the config; add --configfile config/paper.yaml"
         )
     return [f"{RESULTS}/surfaces/{name}/table.md" for name in names]
 

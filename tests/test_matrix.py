@@ -21,6 +21,12 @@ PAPER_COUNTS = {
 }
 
 
+# The companion studies (group "studies"): SINGD 9 optimizers x 2 precisions (memory/speed surfaces reuse
+# seed 42's cells), SVAG l in 1..32 and the LSR batch sizes on two PreResNets, SGD vs noisy GD.
+STUDY_COUNTS = {"singd": 9 * 2 * 3, "singd_memory": 18, "singd_speed": 18, "svag_convergence": 2 * 6, "lsr": 2 * 5,
+                "lsr_noise": 2 * 5, "noisy_gd": 2 * 2}
+
+
 @pytest.fixture(scope="module")
 def paper():
     return expand(load_workflow_config(REPO / "config/config.yaml", REPO / "config/paper.yaml"))
@@ -30,6 +36,17 @@ def test_paper_cell_count_per_surface(paper):
     counts = {name: len(s.cell_ids) for name, s in paper.surfaces.items() if s.group == "paper"}
     assert counts == PAPER_COUNTS
     assert len({c for n in PAPER_COUNTS for c in paper.surfaces[n].cell_ids}) == sum(PAPER_COUNTS.values())
+
+
+def test_study_cell_counts_and_shared_cells(paper):
+    counts = {name: len(s.cell_ids) for name, s in paper.surfaces.items() if s.group == "studies"}
+    assert counts == STUDY_COUNTS
+    studies = {c for n in STUDY_COUNTS for c in paper.surfaces[n].cell_ids}
+    assert len(studies) == 54 + 12 + 10 + 4  # memory/speed read the singd cells; nothing else is shared
+    for cid in paper.surfaces["svag_convergence"].cell_ids:
+        c = paper.cells[cid].config
+        assert c["model"] == "preresnet32" and c["scale_invariant"] and c["optimizer"] == "sgd"
+        assert (c["noise"], c["svag_l"]) == ("minibatch", 1) or (c["noise"] == "svag" and c["svag_l"] > 1)
 
 
 def test_design_conventions_hold_in_every_paper_cell(paper):
