@@ -7,7 +7,8 @@ How a runner drives them: every ``update_every`` (T) steps, compute
 ``llqr.optim.capture.kronecker_factors(apply_fn, params, x, y, loss_fn)`` on the current batch and
 call ``tx.update(grads, state, params, factors=factors)``; on the other steps pass
 ``factors=None`` (or leave it out). Factors given at a step with ``state.count % T != 0`` are
-ignored (``lax.cond``), so always passing them is correct, only wasteful.
+ignored (computed, then discarded by a select: inside ``lax.cond`` XLA:CPU ran the Cholesky
+solves ~10x slower), so always passing them is correct, only wasteful.
 
 Layers. A leaf named ``kernel`` of rank >= 2 is a layer, viewed as a (d_in, d_out) matrix exactly
 like ``structures.as_matrix_shape`` (Dense (in, out), Conv (kh*kw*cin, cout)); a sibling ``bias``
@@ -51,6 +52,11 @@ import optax
 from .structures import as_matrix_shape, path_names
 
 STRUCTURES = ("dense", "diagonal", "block_diagonal", "hierarchical", "tril_toeplitz", "triu_toeplitz")
+
+
+def _select(keep, new, old):
+    """``new`` where ``keep`` (a traced bool) else ``old``, leaf by leaf."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, old)
 
 
 def _tmap(f, *trees):
@@ -518,8 +524,8 @@ def singd(learning_rate: float | Callable = 1e-3, *, momentum: float = 0.9, damp
         if factors is not None:
             fs = _layer_factors(lays, factors)
             if fs:
-                layer_states = jax.lax.cond(state.count % update_every == 0, lambda ls: refresh(ls, lays, fs),
-                                            lambda ls: dict(ls), layer_states)
+                layer_states = _select(state.count % update_every == 0, refresh(layer_states, lays, fs),
+                                       dict(layer_states))
         flat = _flat(updates)
         mats = _matrix_grads(lays, flat)
         pre = {k: precondition_layer(*structs(lays[k]), layer_states[k], X) for k, X in mats.items()}
@@ -593,8 +599,8 @@ def kfac(learning_rate: float | Callable = 1e-3, *, momentum: float = 0.9, dampi
         if factors is not None:
             new = _layer_factors(lays, factors)
             if new:
-                fs, inv, n = jax.lax.cond(state.count % update_every == 0, lambda c: refresh(c, new),
-                                          lambda c: (dict(c[0]), dict(c[1]), c[2]), (fs, inv, n))
+                fs, inv, n = _select(state.count % update_every == 0, refresh((fs, inv, n), new),
+                                     (dict(fs), dict(inv), n))
         flat = _flat(updates)
         pre = {}
         for k, X in _matrix_grads(lays, flat).items():
