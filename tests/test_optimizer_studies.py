@@ -105,3 +105,37 @@ def test_noisy_gradient_descent_and_noise_statistics(tmp_path, digits_root):
 def test_noise_study_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         resolve("digits-mlp", overrides)
+
+
+@pytest.mark.workflow
+def test_study_surfaces_render_from_a_shrunken_run(tmp_path):
+    """The demo's study surfaces, shrunk (fewer variants, a few steps), through Snakemake."""
+    import copy
+
+    import yaml
+
+    from conftest import REPO, run_snakemake, write_yaml
+
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["surfaces"]
+    keep = {"optimizer": ["kfac", "singd-diagonal"], "batch": ["16", "512"], "l": ["1", "2"]}
+    shrink = {"max_steps": 6, "test_eval_freq": 3, "logging_freq": 3, "report_freq": 100, "mlp_hidden": [16]}
+    study = ["demo_singd", "demo_singd_memory", "demo_singd_speed", "demo_svag", "demo_lsr", "demo_lsr_noise",
+             "demo_noisy_gd"]
+    surfaces = {name: None for name in base}
+    for name in study:
+        spec = copy.deepcopy(base[name])
+        spec["seeds"] = [42]
+        for axis, labels in keep.items():
+            if axis in spec["axes"]:
+                spec["axes"][axis] = [v for v in spec["axes"][axis] if v["label"] in labels]
+        extra = {"noise_stats_from_epoch": 0.0, "noise_stats_batches": 2} if "lsr" in name else {}
+        spec["rules"] = spec.get("rules", []) + [{"when": {}, "set": {**shrink, **extra}}]
+        surfaces[name] = spec
+    config = write_yaml(tmp_path / "studies.yaml", {"surfaces": surfaces})
+    work = tmp_path / "work"
+    work.mkdir()
+    run_snakemake(["--cores", "2", "--configfile", str(config)], work)
+    for name in study:
+        out = work / "results" / "surfaces" / name
+        table = (out / "table.csv").read_text()
+        assert (out / "figure.png").stat().st_size > 0 and ",ok," in table and ",missing," not in table, name
