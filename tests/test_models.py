@@ -25,6 +25,7 @@ from llqr.models.vgg import VGG16BN
 from llqr.models.wide_resnet import WideResNet
 from llqr.optim.structures import num_params as n_params
 from llqr.train.losses import smoothed_cross_entropy
+from fixtures.models import host_variables, shapes
 
 CIFAR = (32, 32, 3)
 
@@ -42,12 +43,6 @@ COUNTS = [
     ("wide_resnet28x10", {"wrn_layout": "standard"}, 10, CIFAR, 36_479_194),
     ("wide_resnet28x10", {"wrn_layout": "standard"}, 100, CIFAR, 36_536_884),
 ]
-
-
-def shapes(model, input_shape, batch=1):
-    """Variable shapes and dtypes of ``model`` (traced only; nothing is computed)."""
-    x = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
-    return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
 
 
 COUNTS_INPUT = {name: shape for name, _e, _k, shape, _n in COUNTS}
@@ -140,21 +135,6 @@ def test_build_model_options():
 
 # ---------------------------------------------------------------------------------------------
 # forward / backward
-
-
-def host_variables(model, input_shape, seed=0):
-    """Variables of ``model`` drawn on the host: kernels N(0, 1/fan_in), BN scale 1 and var 1,
-    biases and means 0 (Flax's init, apart from the normal's truncation)."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name == "kernel":
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return rng.normal(0.0, fan_in ** -0.5, leaf.shape).astype(leaf.dtype)
-        return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes(model, input_shape))
 
 
 def logsumexp(a):

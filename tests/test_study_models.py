@@ -20,26 +20,9 @@ from llqr.models.study_mlp import ScaleInvariantMLP
 from llqr.models.study_vgg import StudyVGG
 from llqr.optim.structures import num_params
 from llqr.train.losses import smoothed_cross_entropy
+from fixtures.models import host_variables, shapes
 
 CIFAR = (32, 32, 3)
-
-
-def shapes(model, input_shape, batch=1):
-    x = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
-    return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-
-
-def host_variables(model, input_shape, seed=0):
-    """Kernels N(0, 1/fan_in), scales and variances 1, biases and means 0, drawn with numpy."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name == "kernel":
-            return rng.normal(0.0, np.prod(leaf.shape[:-1]) ** -0.5, leaf.shape).astype(leaf.dtype)
-        return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes(model, input_shape))
 
 
 def lowered(fn, *args):
