@@ -414,9 +414,11 @@ def run(
             sample_input = jnp.zeros((1, *data.input_shape), jnp.float32)
         lr = build_schedule(cfg.lr_scheduler, cfg.learning_rate, cfg.total_epochs, spe)
         noise = NoiseWeights(cfg, data.train_size)
+        loop_spe = spe  # loop steps per epoch of data (the noise probe's clock)
         if cfg.noise == "svag" and not noise.plain:  # SVAG: l× the steps at LR/l, schedule stretched by l
             lr = svag.svag_schedule(lr, cfg.svag_l)
             total_steps = (total_steps - 1) * cfg.svag_l + 1
+            loop_spe = spe * cfg.svag_l
         tx, main_tx = build_update_chain(cfg, lr)
         rho = build_schedule(cfg.perturbation_rho_scheduler, cfg.perturbation_rho, cfg.total_epochs, spe)
         sam_from = cfg.start_sam_after_step or 0  # null or 0: SAM from the first step
@@ -457,7 +459,7 @@ def run(
         if translation:
             from .translation import TranslationEval  # beam search and sacrebleu load only for translation
 
-            evaluator = TranslationEval(model, data, cfg)
+            evaluator = TranslationEval(model, data, cfg, eval_sums)
         else:
             evaluator = ClassificationEval(eval_sums, data, cfg)
         best_ckpt = None
@@ -521,7 +523,7 @@ def run(
                     t_eval = time.perf_counter()
                     event = {"event": "eval", "step": step, "elapsed_s": round(elapsed(), 3), **effective(step)}
                     event.update(evaluator.evaluate(state, step, total_steps))
-                    if probe is not None and probe.due(step, spe * (cfg.svag_l if cfg.noise == "svag" else 1)):
+                    if probe is not None and probe.due(step, loop_spe):
                         event.update(probe.measure(state, step))
                     timer.exclude(time.perf_counter() - t_eval)
                     if evaluator.keeps_best and evaluator.metric in event and (
@@ -598,7 +600,7 @@ def run(
         else:
             final_step = total_steps - 1
             final = evaluator.final(state, history[-1] if history else None, final_step)
-            if probe is not None and probe.due(final_step, spe * (cfg.svag_l if cfg.noise == "svag" else 1)):
+            if probe is not None and probe.due(final_step, loop_spe):
                 last = history[-1] if history and history[-1]["step"] == final_step else {}
                 final.update({k: v for k, v in last.items() if k.startswith("noise_")} or probe.measure(state, final_step))
             # cost columns of the optimizer studies (ours): state size, and speed of this (resumed) process

@@ -12,13 +12,11 @@ from __future__ import annotations
 import math
 import time
 
-import jax
 import numpy as np
 
 from ..decode.beam import beam_search
 from ..decode.bleu import corpus_bleu
 from .evaluators import periodic
-from .losses import eval_sums
 
 
 def bleu_kind(cfg, step: int, total_steps: int) -> str | None:
@@ -39,15 +37,11 @@ class TranslationEval:
 
     metric, label, keeps_best = "valid_bleu", "valid_bleu", True
 
-    def __init__(self, model, data, cfg):
-        self.model, self.data, self.cfg = model, data, cfg
+    def __init__(self, model, data, cfg, eval_sums):
+        """``eval_sums(params, batch_stats, x, y)``: the runner's jitted (NLL, hits, count) with
+        pad positions left out, the same function image runs evaluate with."""
+        self.model, self.data, self.cfg, self.eval_sums = model, data, cfg, eval_sums
         self.batch_size = cfg.eval_batch_size or 128
-        pad = data.pad_id
-
-        def sums(variables, x, y):
-            return eval_sums(model.apply(variables, x, train=False), y, pad)
-
-        self._sums = jax.jit(sums)
 
     @staticmethod
     def _variables(state) -> dict:
@@ -59,7 +53,7 @@ class TranslationEval:
     def evaluate(self, state, step: int, total_steps: int) -> dict:
         variables, metrics = self._variables(state), {}
         if periodic(step, self.cfg.test_eval_freq, total_steps):
-            metrics.update(self.token_metrics(variables, "valid"))
+            metrics.update(self.token_metrics(state, "valid"))
         kind = bleu_kind(self.cfg, step, total_steps)
         if kind == "full":
             metrics.update(bleu_metrics(self.bleu(variables, "valid"), "valid_bleu"))
@@ -74,18 +68,18 @@ class TranslationEval:
         last = last_event if last_event and last_event["step"] == final_step else {}
         metrics = {k: v for k, v in last.items() if k.startswith("valid_")}
         if "valid_token_accuracy" not in metrics:
-            metrics.update(self.token_metrics(variables, "valid"))
+            metrics.update(self.token_metrics(state, "valid"))
         if "valid_bleu" not in metrics:
             metrics.update(bleu_metrics(self.bleu(variables, "valid"), "valid_bleu"))
-        metrics.update(self.token_metrics(variables, "test"))
+        metrics.update(self.token_metrics(state, "test"))
         metrics.update(bleu_metrics(self.bleu(variables, "test"), "test_bleu"))
         return metrics
 
-    def token_metrics(self, variables, split: str = "valid") -> dict:
+    def token_metrics(self, state, split: str = "valid") -> dict:
         """Token accuracy (%), loss (nats/token), nll in bits and perplexity, unsmoothed."""
         nll, hits, count = 0.0, 0.0, 0.0
         for x, y, _ids in self.data.eval_batches(split, self.batch_size):
-            a, b, c = self._sums(variables, x, y)
+            a, b, c = self.eval_sums(state["params"], state["batch_stats"], x, y)
             nll, hits, count = nll + float(a), hits + float(b), count + float(c)
         loss = nll / max(count, 1.0)
         bits = loss / math.log(2.0)
