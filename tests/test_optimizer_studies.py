@@ -139,3 +139,11 @@ def test_study_surfaces_render_from_a_shrunken_run(tmp_path):
         out = work / "results" / "surfaces" / name
         table = (out / "table.csv").read_text()
         assert (out / "figure.png").stat().st_size > 0 and ",ok," in table and ",missing," not in table, name
+
+
+def test_noisy_gd_subset_larger_than_the_data_is_refused_before_training(tmp_path, digits_root):
+    cfg = resolve("digits-mlp-smoke", {"use_preconditioner": False, "noise": "noisy_gd", "noisy_gd_examples": 5000})
+    with pytest.raises(ConfigError, match="noisy_gd_examples=5000 exceeds the 1438 training examples"):
+        run(cfg, cell_id="n/big/seed42", results_dir=tmp_path / "r", checkpoints_dir=tmp_path / "c",
+            data_root=digits_root, out=lambda _line: None)
+    assert not list(tmp_path.rglob("summary.json"))
