@@ -20,6 +20,7 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/iwslt.smk"
+include: "rules/tune.smk"
 include: "rules/train.smk"
 include: "rules/aggregate.smk"
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from .config import FIELDS, PRECOND_KEYS, SAM_KEYS, SCHEDULE_FAMILIES, ConfigError
 from .config.fields import DATASET_ONLY_KEYS, MODEL_ONLY_KEYS, NOISE_KEYS, OPTIMIZER_ONLY_KEYS
 from .config.presets import apply_overrides, build_config, load_preset
+from .tune.space import check_space, corners
 
 # Short names used in cell ids (others appear in full).
 ALIASES = {
@@ -57,11 +58,35 @@ class Cell:
     preset: str
     seed: int
     config: dict  # fully resolved (and normalised) run config
+    study: str | None = None  # a tuning study whose best parameters the run applies on top of config
 
     @property
     def config_json(self) -> str:
         """The train rule's params: what makes this cell stale when it changes."""
         return canonical_json(rule_params(self.config))
+
+
+@dataclass(frozen=True)
+class Study:
+    """One Optuna study: the config it tunes (at the tuning budget and seed) and its search space."""
+
+    id: str  # <preset>/<diff>, like a cell id without the seed
+    preset: str
+    config: dict
+    space: dict
+    trials: int
+    seed: int  # the TPE sampler's seed
+    metric: str
+    mode: str
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "preset": self.preset, "config": rule_params(self.config), "space": self.space,
+                "trials": self.trials, "seed": self.seed, "metric": self.metric, "mode": self.mode}
+
+    @property
+    def spec_json(self) -> str:
+        """The tune rule's params: editing the space, budget or trial count makes only this study stale."""
+        return canonical_json(self.to_dict())
 
 
 _KEY_OWNERS = (("model", MODEL_ONLY_KEYS), ("dataset", DATASET_ONLY_KEYS), ("optimizer", OPTIMIZER_ONLY_KEYS),
@@ -81,7 +106,7 @@ def rule_params(config: dict) -> dict:
     out = {k: v for k, v in config.items() if k not in _unread(config)}
     # keys whose default is the behaviour cells had before the key existed: absent unless changed
     for key, default in (("precision", "fp32"), ("noise", "minibatch"), ("noise_stats_from_epoch", None),
-                         ("noise_stats_batches", 16)):
+                         ("noise_stats_batches", 16), ("train_fraction", 1.0)):
         if out.get(key) == default:
             out.pop(key, None)
     return out
@@ -109,7 +134,10 @@ class Surface:
     rows: list
     columns: list
     seeds: list
-    x: str = "step"  # the figure's x axis: loop step, or effective_step (SVAG: step / l)
+    x: str = "step"  # the figure's x axis: loop step, epoch, or effective_step (SVAG: step / l)
+    kind: str = "grid"  # grid: table of the metric; budget: metric vs budget + power law; slcd: curve differences
+    budget_axis: str | None = None  # the axis whose labels are epoch budgets (kinds budget and slcd)
+    panels: str | None = None  # the figure's panels: one per preset, or per preset and label of this axis
     entries: list = field(default_factory=list)
 
     @property
@@ -129,6 +157,9 @@ class Surface:
             "columns": self.columns,
             "seeds": self.seeds,
             "x": self.x,
+            "kind": self.kind,
+            "budget_axis": self.budget_axis,
+            "panels": self.panels,
             "entries": [
                 {"cell": e.cell_id, "preset": e.preset, "labels": e.labels, "seed": e.seed} for e in self.entries
             ],
@@ -139,6 +170,7 @@ class Surface:
 class Matrix:
     surfaces: dict
     cells: dict
+    studies: dict = field(default_factory=dict)
 
     def group(self, name: str) -> list[str]:
         return [s for s, surf in self.surfaces.items() if surf.group == name]
@@ -213,7 +245,18 @@ _SAM_KEY_MODES = {
 }
 
 
-def cell_id(preset: str, config: dict, base: dict) -> str:
+def cell_id(preset: str, config: dict, base: dict, tuned: bool = False) -> str:
+    """``<preset>/<diff>/seed<n>``; a cell that applies a study's best parameters ends its diff in
+    ``+tuned`` (its config holds the untuned values)."""
+    middle = _diff_segment(config, base) + ("+tuned" if tuned else "")
+    return f"{preset}/{middle}/seed{config['init_key']}"
+
+
+def study_id(preset: str, config: dict, base: dict) -> str:
+    return f"{preset}/{_diff_segment(config, base)}"
+
+
+def _diff_segment(config: dict, base: dict) -> str:
     diff = {k: v for k, v in config.items() if k not in ("preset", "init_key") and v != base[k]}
     parts = []
     for key in sorted(diff, key=lambda k: ALIASES.get(k, k)):
@@ -223,7 +266,7 @@ def cell_id(preset: str, config: dict, base: dict) -> str:
     middle = quote(",".join(parts), safe=_SAFE) or "default"
     if len(middle) > _MAX_SEGMENT:
         middle = f"{middle[:_MAX_SEGMENT - 13]}~{config_hash(diff)}"
-    return f"{preset}/{middle}/seed{config['init_key']}"
+    return middle
 
 
 # --- surfaces ----------------------------------------------------------------------------------
@@ -262,6 +305,48 @@ def _parse_axes(name: str, axes: dict) -> dict:
     return parsed
 
 
+def _check_conditions(name: str, rules: list, axes: dict, presets: list) -> None:
+    for rule in rules:
+        for axis, wanted in (rule.get("when") or {}).items():
+            if axis != "preset" and axis not in axes:
+                raise _err(name, f"rule condition on unknown axis '{axis}' (axes: {', '.join(axes) or 'none'})")
+            labels = presets if axis == "preset" else [lab for lab, _ in axes[axis]]
+            for w in wanted if isinstance(wanted, list) else [wanted]:
+                if str(w) not in labels:
+                    raise _err(name, f"rule condition {axis}={w!r} matches no variant (have: {', '.join(labels)})")
+
+
+_KINDS = ("grid", "budget", "slcd")
+
+
+def _parse_tune(name: str, tune, axes: dict, presets: list, seeds: list) -> dict | None:
+    """The surface's ``tune`` block, checked: which axis is the budget, trials, sampler seed, objective, space."""
+    if not tune:
+        return None
+    if not isinstance(tune, dict):
+        raise _err(name, "'tune' must be a mapping")
+    known = {"budget_axis", "trials", "seed", "metric", "space", "rules"}
+    if set(tune) - known:
+        raise _err(name, f"unknown keys in 'tune': {sorted(set(tune) - known)} (allowed: {sorted(known)})")
+    axis = tune.get("budget_axis")
+    if axis not in axes:
+        raise _err(name, f"tune.budget_axis must name an axis (got {axis!r}; axes: {', '.join(axes) or 'none'})")
+    trials = tune.get("trials")
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise _err(name, f"tune.trials must be a positive integer, got {trials!r}")
+    metric = tune.get("metric", "test_loss")
+    if metric not in METRICS:
+        raise _err(name, f"unknown tune.metric '{metric}' (allowed: {', '.join(METRICS)})")
+    rules = tune.get("rules") or []
+    _check_conditions(name, rules, axes, presets)
+    for rule in rules:
+        if axis in (rule.get("when") or {}):
+            raise _err(name, f"tune rules cannot depend on the budget axis '{axis}': one study serves every budget")
+    return {"budget_axis": axis, "trials": trials, "seed": int(tune.get("seed", 42)), "metric": metric,
+            "space": check_space(tune.get("space") or {}, f"surface '{name}' tune.space"), "rules": rules,
+            "tuning_seed": seeds[0]}
+
+
 def _rule_applies(when: dict, labels: dict, preset: str) -> bool:
     for axis, wanted in when.items():
         have = preset if axis == "preset" else labels.get(axis)
@@ -277,9 +362,11 @@ def preset_base(preset: str | None, presets_dir=None) -> tuple[dict, dict]:
     return values, build_config({**values, "preset": preset or ""}).to_dict()
 
 
-def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=None) -> Surface:
-    """Expand one surface spec; add its cells to ``cells`` (shared across surfaces)."""
+def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=None, studies=None) -> Surface:
+    """Expand one surface spec; add its cells to ``cells`` and its tuning studies to ``studies``
+    (both shared across surfaces)."""
     _cache = {} if _cache is None else _cache
+    studies = {} if studies is None else studies
     presets = spec.get("presets") or []
     if not presets:
         raise _err(name, "'presets' is empty")
@@ -290,14 +377,7 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
     _check_unique(name, "seed", seeds)
     axes = _parse_axes(name, spec.get("axes") or {})
     rules = spec.get("rules") or []
-    for rule in rules:
-        for axis, wanted in (rule.get("when") or {}).items():
-            if axis != "preset" and axis not in axes:
-                raise _err(name, f"rule condition on unknown axis '{axis}' (axes: {', '.join(axes) or 'none'})")
-            labels = presets if axis == "preset" else [lab for lab, _ in axes[axis]]
-            for w in wanted if isinstance(wanted, list) else [wanted]:
-                if str(w) not in labels:
-                    raise _err(name, f"rule condition {axis}={w!r} matches no variant (have: {', '.join(labels)})")
+    _check_conditions(name, rules, axes, presets)
     metric = spec.get("metric", "test_accuracy")
     if metric not in METRICS:
         raise _err(name, f"unknown metric '{metric}' (allowed: {', '.join(METRICS)})")
@@ -320,7 +400,24 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
         columns=columns,
         seeds=list(seeds),
         x=spec.get("x", "step"),
+        kind=spec.get("kind", "grid"),
+        budget_axis=spec.get("budget_axis"),
+        panels=spec.get("panels"),
     )
+    if surface.kind not in _KINDS:
+        raise _err(name, f"unknown kind '{surface.kind}' (allowed: {', '.join(_KINDS)})")
+    for key in ("budget_axis", "panels"):
+        if getattr(surface, key) is not None and getattr(surface, key) not in axes:
+            raise _err(name, f"{key} '{getattr(surface, key)}' is not an axis (axes: {', '.join(axes) or 'none'})")
+    if surface.kind != "grid" and surface.budget_axis is None:
+        raise _err(name, f"kind {surface.kind} needs budget_axis: the axis whose labels are epoch budgets")
+    if surface.budget_axis is not None:
+        for label, _ in axes[surface.budget_axis]:
+            try:
+                float(label)
+            except ValueError:
+                raise _err(name, f"budget axis '{surface.budget_axis}': label {label!r} is not a number") from None
+    tune = _parse_tune(name, spec.get("tune"), axes, presets, seeds)
     combos = list(itertools.product(*axes.values())) if axes else [()]
     for preset in presets:
         if preset not in _cache:
@@ -334,22 +431,64 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
             for rule in rules:
                 if _rule_applies(rule.get("when") or {}, labels, preset):
                     overrides.update(rule.get("set") or {})
+            where = ", ".join(f"{a}={lab}" for a, lab in labels.items())
+            study = None
+            if tune is not None:
+                study = _study_for(name, tune, axes, combo, labels, rules, preset, base_values, base, studies, where)
             for seed in seeds:
                 try:
                     merged = apply_overrides(base_values, {**overrides, "init_key": seed, "preset": preset})
                     config = normalise(build_config(merged).to_dict(), base)
                     build_config(config)
+                    for corner in corners(study.space) if study else []:  # best params must fit every budget
+                        build_config(apply_overrides(config, corner))
                 except ConfigError as exc:
-                    where = ", ".join(f"{a}={lab}" for a, lab in labels.items())
                     raise _err(name, f"preset {preset} [{where}]: {exc}") from None
-                cid = cell_id(preset, config, base)
+                cid = cell_id(preset, config, base, tuned=study is not None)
+                cell = Cell(cid, preset, int(seed), config, study.id if study else None)
                 known = cells.get(cid)
-                if known is not None and known.config != config:
-                    raise _err(name, f"duplicate cell id {cid} for two different configs")
-                cells[cid] = Cell(cid, preset, int(seed), config)
+                if known is not None and known != cell:
+                    what = "tuning studies" if known.config == config else "configs"
+                    raise _err(name, f"duplicate cell id {cid} for two different {what}")
+                cells[cid] = cell
                 surface.entries.append(Entry(cid, preset, labels, int(seed)))
     _check_axes_distinct(surface)
     return surface
+
+
+def _study_for(name, tune, axes, combo, labels, rules, preset, base_values, base, studies, where):
+    """The study that tunes this position: its config at the tuning budget (the budget axis's first
+    variant) and seed (the surface's first); None when no space entry applies to the position."""
+    space = dict(tune["space"])
+    for rule in tune["rules"]:
+        if _rule_applies(rule.get("when") or {}, labels, preset):
+            space.update(check_space(rule.get("space") or {}, f"surface '{name}' tune.rules"))
+    if not space:
+        return None
+    axis_names = list(axes)
+    at_budget = list(combo)
+    at_budget[axis_names.index(tune["budget_axis"])] = axes[tune["budget_axis"]][0]
+    tuning_labels = {a: lab for a, (lab, _) in zip(axis_names, at_budget)}
+    overrides: dict = {}
+    for _lab, settings in at_budget:
+        overrides.update(settings)
+    for rule in rules:
+        if _rule_applies(rule.get("when") or {}, tuning_labels, preset):
+            overrides.update(rule.get("set") or {})
+    try:
+        merged = apply_overrides(base_values, {**overrides, "init_key": tune["tuning_seed"], "preset": preset})
+        config = normalise(build_config(merged).to_dict(), base)
+        for corner in corners(space):
+            build_config(apply_overrides(config, corner))
+    except ConfigError as exc:
+        raise _err(name, f"tuning study for preset {preset} [{where}]: {exc}") from None
+    study = Study(study_id(preset, config, base), preset, config, space, tune["trials"], tune["seed"],
+                  tune["metric"], METRICS[tune["metric"]])
+    known = studies.get(study.id)
+    if known is not None and known != study:
+        raise _err(name, f"study {study.id} is defined twice with different spaces, trials or objectives")
+    studies[study.id] = study
+    return study
 
 
 def _check_axes_distinct(surface: Surface):
@@ -375,6 +514,7 @@ def expand(workflow_config: dict, presets_dir=None) -> Matrix:
     if not surfaces_spec:
         raise ConfigError("the workflow config defines no surfaces")
     cells: dict = {}
+    studies: dict = {}
     surfaces = {}
     cache: dict = {}
     for name, spec in surfaces_spec.items():
@@ -382,10 +522,10 @@ def expand(workflow_config: dict, presets_dir=None) -> Matrix:
             continue
         if "/" in name or not name:
             raise ConfigError(f"surface name {name!r} must be non-empty and contain no '/'")
-        surfaces[name] = expand_surface(name, spec, cells, presets_dir, cache)
+        surfaces[name] = expand_surface(name, spec, cells, presets_dir, cache, studies)
     if not surfaces:
         raise ConfigError("the workflow config defines no surfaces (all are switched off)")
-    return Matrix(surfaces=surfaces, cells=cells)
+    return Matrix(surfaces=surfaces, cells=cells, studies=studies)
 
 
 def load_workflow_config(*paths) -> dict:

@@ -28,6 +28,7 @@ TRANSLATION_CORPORA = ("iwslt14_de_en", "synth_de_en")
 wildcard_constraints:
     cell=r"[^/]+/[^/]+/seed\d+",
     surface=r"[^/]+",
+    study=r"[^/]+/[^/]+",
     corpus="|".join(TRANSLATION_CORPORA),
     lang="de|en",
 
@@ -74,6 +75,33 @@ def train_inputs(wildcards):
     return dataset_inputs(cell.config["dataset"])
 
 
+# --- tuning studies (rules/tune.smk) ---------------------------------------------------
+def study_of(wildcards):
+    try:
+        return MATRIX.studies[wildcards.study]
+    except KeyError:
+        raise WorkflowError(
+            f"study '{wildcards.study}' is not defined by any surface's 'tune' block"
+        ) from None
+
+
+def best_json(study_id):
+    return f"{RESULTS}/tuning/{study_id}/best.json"
+
+
+def tuned_input(wildcards):
+    """A tuned cell waits for its study and re-runs when the study's best.json changes."""
+    study = cell_of(wildcards).study
+    return [best_json(study)] if study else []
+
+
+def study_inputs(wildcards):
+    study = study_of(wildcards)
+    if study.config["dataset_dir"]:
+        return []
+    return dataset_inputs(study.config["dataset"])
+
+
 # --- resources (per preset; never part of a cell's identity) --------------------------
 def preset_resources(preset):
     res = dict(config.get("resources", {}).get("default", {}))
@@ -95,17 +123,24 @@ def _train_resource_keys():
     return sorted(keys)
 
 
-def _resource_fn(key):
+def _resource_fn(key, owner=None):
     defaults = {"mem_mb": 2000, "runtime": 30, "cpus_per_task": 1}
+    owner = owner or cell_of
 
     def fn(wildcards):
-        res = preset_resources(cell_of(wildcards).preset)
+        res = preset_resources(owner(wildcards).preset)
         return res.get(key, defaults.get(key, 0 if key in ("gpu",) else ""))
 
     return fn
 
 
 TRAIN_RESOURCES = {key: _resource_fn(key) for key in _train_resource_keys()}
+# A study runs its trials one after another in one job: the preset's resources, with the
+# runtime scaled by the trial count (a study's trials are as long as one tuning-budget cell).
+TUNE_RESOURCES = {key: _resource_fn(key, study_of) for key in _train_resource_keys()}
+TUNE_RESOURCES["runtime"] = lambda wc: int(
+    preset_resources(study_of(wc).preset).get("runtime", 30) * study_of(wc).trials
+)
 
 
 # --- aggregation inputs ---------------------------------------------------------------

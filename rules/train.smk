@@ -5,7 +5,8 @@
 
 rule train:
     input:
-        train_inputs,
+        data=train_inputs,
+        tuned=tuned_input,
     output:
         summary=f"{RESULTS}/cells/{{cell}}/summary.json",
         metrics=f"{RESULTS}/cells/{{cell}}/metrics.jsonl",

@@ -228,6 +228,19 @@ SAMPLE_PARAMS = {
     "warmup_piecewise_decay": {"boundaries": [1, 2]},
     "inverse_sqrt": {"warmup_steps": 100},
     "cosine_ramp_step_increase": {"ramp_start": 10, "ramp_end": 500, "step_start": 800, "step_every": 100},
+    # the HyperbolicLR study's families (budget N = 3 epochs in these tests)
+    "polynomial": {"power": 2.0},
+    "cosine": {"eta_min": 1e-3},
+    "exponential": {"gamma": 0.5},
+    "linear_decay": {"end_factor": 0.1},
+    "step": {"step_size": 1.0},
+    "one_cycle": {"pct_start": 0.25},
+    "cyclic": {"step_up": 0.1, "eta_min": 1e-3},
+    "hyperbolic": {"upper_bound": 250.0},  # U >= the default total_epochs (250) that sched() validates with
+    "exp_hyperbolic": {"upper_bound": 260.0},
+    "warmup_hyperbolic": {"upper_bound": 300.0},
+    "warmup_exp_hyperbolic": {"upper_bound": 400.0},
+    "warmup_cosine": {"start_factor": 0.1},
 }
 
 
@@ -263,7 +276,10 @@ def test_traced_count_matches_python_int(name):
         {"name": "cosine_annealing", "cycle": "sometimes"},
         {"name": "inverse_sqrt", "warmup_steps": "many"},
         {"name": "linear", "t_max": 3},  # a parameter of another family
-        {"name": "cosine"},  # no such family
+        {"name": "cosinus"},  # no such family
+        {"name": "hyperbolic", "upper_bound": 100},  # U below the default budget of 250 epochs
+        {"name": "cyclic", "step_up": 0.0},
+        {"name": "one_cycle", "pct_start": 1.5},
         {"t_max": 200},  # no family name
     ],
 )

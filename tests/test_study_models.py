@@ -1,6 +1,7 @@
 """The SVAG-study models: PreResNet (BN/GN, widths, scale-invariant), CIFAR VGG-16/19 (BN/GN/none)
 and the scale-invariant MLP. Exact parameter counts and layouts (from ``jax.eval_shape``), forward
-and backward in both BatchNorm modes, scale invariance and the fixed last layer.
+and backward in both BatchNorm modes, scale invariance and the fixed last layer. Also the
+HyperbolicLR study's SimpleCNN and SimpleViT (hand-computed counts, fixed position embedding, one step).
 
 As in test_models.py, variables for the forward checks are drawn on the host from the traced
 shapes (compiling the Flax initialisers' threefry draws dominates otherwise); forward checks use
@@ -9,6 +10,8 @@ small instances (PreResNet with one block per stage, VGG with widths / 16).
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +19,10 @@ import pytest
 
 from llqr.models.mlp import MLP
 from llqr.models.preresnet import PreResNet, controlled_tags, fixed_head, fixed_linear, group_count
+from llqr.models.study_cnn import SimpleCNN
 from llqr.models.study_mlp import ScaleInvariantMLP
 from llqr.models.study_vgg import StudyVGG
+from llqr.models.study_vit import SimpleViT, posemb_sincos_2d
 from llqr.optim.structures import num_params
 from llqr.train.losses import smoothed_cross_entropy
 from fixtures.models import host_variables, shapes
@@ -297,3 +302,131 @@ def test_preresnet_refuses_norm_none():
 
     with pytest.raises(ConfigError, match="preresnet32 needs norm=bn or norm=gn"):
         build_model(build_config({"model": "preresnet32", "norm": "none"}), num_classes=10)
+
+
+# --- the HyperbolicLR study's CIFAR-10 models: SimpleCNN and SimpleViT ------------------------------------
+
+TINY_VIT = dict(depth=1, dim=32, heads=2, mlp_dim=64)
+
+
+def simple_cnn_count(k=10):
+    """By hand: two conv3x3 pairs (32, 64; with bias), 8 x 8 x 64 flattened -> Dense 256 -> Dense k."""
+    convs = [(3, 32), (32, 32), (32, 64), (64, 64)]
+    conv = sum(9 * c_in * c_out + c_out for c_in, c_out in convs)
+    return conv + (8 * 8 * 64) * 256 + 256 + 256 * k + k
+
+
+def simple_vit_count(patch=4, dim=192, depth=6, mlp_dim=384, k=10, channels=3):
+    """By hand: patch Dense + depth x (2 LNs, q/k/v/out with bias, MLP) + final LN + head."""
+    p = patch * patch * channels
+    block = 2 * (2 * dim) + 4 * (dim * dim + dim) + (dim * mlp_dim + mlp_dim) + (mlp_dim * dim + dim)
+    return (p * dim + dim) + depth * block + 2 * dim + (dim * k + k)
+
+
+STUDY_COUNTS = [
+    ("cnn", SimpleCNN(), simple_cnn_count()),
+    ("cnn-k100", SimpleCNN(num_classes=100), simple_cnn_count(k=100)),
+    ("vit", SimpleViT(), simple_vit_count()),
+    ("vit-k100", SimpleViT(num_classes=100), simple_vit_count(k=100)),
+    ("vit-p8", SimpleViT(patch=8), simple_vit_count(patch=8)),
+    ("vit-tiny", SimpleViT(**TINY_VIT), simple_vit_count(dim=32, depth=1, mlp_dim=64)),
+]
+
+
+@pytest.mark.parametrize("model,expected", [c[1:] for c in STUDY_COUNTS], ids=[c[0] for c in STUDY_COUNTS])
+def test_hyperbolic_study_parameter_counts(model, expected):
+    variables = shapes(model, CIFAR)
+    assert set(variables) == {"params"}  # no batch_stats, no constants stored as variables
+    assert num_params(variables["params"]) == expected
+
+
+def test_hyperbolic_study_default_counts_and_output_shapes():
+    assert simple_cnn_count() == 1_116_970 and simple_vit_count() == 1_793_866
+    for model in (SimpleCNN(), SimpleViT()):  # traced only: nothing heavy is computed
+        out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), shapes(model, CIFAR, batch=2),
+                             jax.ShapeDtypeStruct((2, *CIFAR), jnp.float32))
+        assert out.shape == (2, 10) and out.dtype == jnp.float32
+
+
+def test_simple_vit_layout_and_fixed_position_embedding():
+    """The position embedding is a constant (no parameter of its shape, no extra collection): the
+    params are the patch embedding, the blocks, the final LayerNorm and the head only."""
+    params = shapes(SimpleViT(), CIFAR)["params"]
+    assert set(params) == {"patch_embed", "ln_final", "head"} | {f"block_{i}" for i in range(6)}
+    assert set(params["block_0"]) == {"ln_attn", "attn", "ln_mlp", "mlp_in", "mlp_out"}
+    assert all(a.shape not in ((64, 192), (1, 64, 192)) for a in jax.tree_util.tree_leaves(params))
+    assert not any("pos" in str(p).lower() for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+    pe = posemb_sincos_2d(8, 8, 192)
+    assert pe.shape == (64, 192) and pe.dtype == np.float32 and np.all(np.abs(pe) <= 1.0)
+    np.testing.assert_array_equal(pe[0], np.repeat([0.0, 1.0, 0.0, 1.0], 48))  # token (0, 0)
+    assert len({row.tobytes() for row in pe}) == 64  # every grid position has its own code
+    with pytest.raises(ValueError):
+        posemb_sincos_2d(8, 8, 30)
+
+
+def one_step(model, params, x, y):
+    """Loss and gradient at ``params``, the loss after one SGD step, and the eval-mode output."""
+    def loss(p):
+        return smoothed_cross_entropy(model.apply({"params": p}, x, train=True), y)
+
+    value, grads = jax.value_and_grad(loss)(params)
+    new = jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params, grads)
+    return value, grads, loss(new), model.apply({"params": params}, x, train=False)
+
+
+def check_step(out, value, grads, after):
+    """(2, 10) float32 normalised log-probabilities; finite loss before and after the step; every
+    gradient leaf finite and non-zero."""
+    assert out.shape == (2, 10) and out.dtype == np.float32 and np.all(np.isfinite(out))
+    np.testing.assert_allclose(logsumexp(out), 0.0, atol=1e-5)
+    assert np.isfinite(value) and np.isfinite(after)
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)
+
+
+def test_simple_cnn_forward_and_one_step():
+    model = SimpleCNN()
+    params = host_variables(model, CIFAR)["params"]
+    x = np.random.default_rng(6).normal(size=(2, *CIFAR)).astype(np.float32)
+    y = np.array([3, 7], np.int32)
+    value, grads, after, out = jax.device_get(lowered(partial(one_step, model), params, x, y)(params, x, y))
+    check_step(out, value, grads, after)
+
+
+def test_simple_vit_init_positions_and_one_step():
+    """One compile (a tiny ViT) for: the real ``init`` (a params-only dict, zero head, so the
+    initial output is uniform); then, with a random head, one SGD step as for the CNN, and the
+    position embedding at work: without it the mean-pooled ViT would be invariant to permuting
+    patches, and the batch's second image is the first with two 4x4 patches swapped."""
+    model = SimpleViT(**TINY_VIT)
+    x = np.random.default_rng(5).normal(size=(1, *CIFAR)).astype(np.float32)
+    swapped = x.copy()
+    swapped[:, 0:4, 0:4], swapped[:, 28:32, 12:16] = x[:, 28:32, 12:16], x[:, 0:4, 0:4]
+    both = np.concatenate([x, swapped])
+    y = np.array([3, 7], np.int32)
+
+    def run(key, x, y):
+        variables = model.init(key, x[:1], train=False)
+        head = dict(variables["params"]["head"], kernel=jax.random.normal(key, (TINY_VIT["dim"], 10)))
+        params = dict(variables["params"], head=head)
+        return variables, model.apply(variables, x, train=False), one_step(model, params, x, y)
+
+    key = jax.random.PRNGKey(0)
+    variables, initial, (value, grads, after, out) = jax.device_get(lowered(run, key, both, y)(key, both, y))
+    assert set(variables) == {"params"} and variables.get("batch_stats", {}) == {}
+    assert not np.any(variables["params"]["head"]["kernel"]) and np.any(variables["params"]["patch_embed"]["kernel"])
+    np.testing.assert_allclose(initial, np.full((2, 10), -np.log(10.0)), atol=1e-6)
+    check_step(out, value, grads, after)
+    assert np.max(np.abs(out[0] - out[1])) > 1e-4
+
+
+def test_hyperbolic_study_config():
+    """The config names build the models (``init`` traced: a params-only dict)."""
+    from llqr.config import build_config
+    from llqr.config.fields import MODELS
+    from llqr.models import AVAILABLE, build_model
+
+    assert {"simple_cnn", "simple_vit"} <= set(AVAILABLE) & set(MODELS)
+    for name, cls, count in (("simple_cnn", SimpleCNN, 1_116_970), ("simple_vit", SimpleViT, 1_793_866)):
+        model = build_model(build_config({"model": name, "dataset": "cifar10"}), num_classes=10)
+        assert isinstance(model, cls) and num_params(shapes(model, CIFAR)["params"]) == count

@@ -12,5 +12,6 @@ status = train_from_workflow(
     checkpoints_dir=snakemake.params.checkpoints_dir,
     data_root=snakemake.params.data_root,
     log_path=snakemake.log[0],
+    tuned=snakemake.input.tuned[0] if snakemake.input.tuned else None,
 )
 sys.exit(status)

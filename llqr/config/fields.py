@@ -15,11 +15,14 @@ from .schedule_families import default_schedule
 
 MODELS = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "transformer_iwslt",
           # the companion studies' models (SVAG, SINGD): ours
-          "preresnet32", "vgg16", "vgg19", "si_mlp")
+          "preresnet32", "vgg16", "vgg19", "si_mlp",
+          # the HyperbolicLR study's CIFAR-10 models: ours
+          "simple_cnn", "simple_vit")
 TRANSLATION_DATASETS = ("iwslt14_de_en", "synth_de_en")  # synth_de_en: ours, the demo's shipped corpus
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet") + TRANSLATION_DATASETS
 KRONECKER_OPTIMIZERS = ("singd", "ikfac", "kfac")  # ours: the SINGD study's optimizers (llqr.optim.singd)
-OPTIMIZERS = ("sgd", "polyak", "adam", "adamw", "adamw_b2-98", "adamw_b2-95") + KRONECKER_OPTIMIZERS
+LR_FREE_OPTIMIZERS = ("prodigy", "dadapt_adamw")  # ours: optax.contrib's, for the HyperbolicLR study (lr 1)
+OPTIMIZERS = ("sgd", "polyak", "adam", "adamw", "adamw_b2-98", "adamw_b2-95") + KRONECKER_OPTIMIZERS + LR_FREE_OPTIMIZERS
 SINGD_STRUCTURES = ("dense", "diagonal", "block_diagonal", "hierarchical", "tril_toeplitz", "triu_toeplitz")
 DIVERGENCES = (
     "ngd",
@@ -74,6 +77,9 @@ class RunConfig:
                               "(46.2M params, really WRN-34-10), standard = 4 (WRN-28-10, 36.5M).")
     dataset: str = opt("digits", "str", choices=DATASETS, doc="Dataset.")
     dataset_dir: str = opt(None, "str", nullable=True, doc="Where the prepared dataset lives; null = data/<dataset>.")
+    train_fraction: float = opt(1.0, "float", gt=0, maximum=1.0,
+                                doc="Ours: train on a fixed random subset of this fraction of the train split "
+                                    "(seeded by data_seed; the HyperbolicLR study's SimpleCNN uses 10% of CIFAR-10).")
     crop_mode: str = opt("batch", "str", choices=("batch", "image"),
                          doc="CIFAR random crop: one offset per batch (the reference) or per image.")
     dropout_rate: float = opt(0.0, "float", minimum=0.0, maximum=1.0, doc="Model dropout where the model has it.")
@@ -113,6 +119,7 @@ class RunConfig:
     lr_cov: float = opt(1.0e-2, "float", gt=0, doc="β1: SINGD's factor step size.")
     singd_alpha1: float = opt(0.5, "float", minimum=0.0, maximum=1.0, doc="α1: SINGD's factor momentum (IKFAC: 0).")
     kfac_ema: float = opt(0.95, "float", minimum=0.0, maximum=1.0, doc="KFAC's factor moving-average decay.")
+    prodigy_d_coef: float = opt(1.0, "float", gt=0, doc="Ours: Prodigy's d_coef (optax estim_lr_coef).")
     # gradient-noise study (SVAG, Li, Malladi & Arora 2021): ours
     noise: str = opt("minibatch", "str", choices=("minibatch", "svag", "noisy_gd"),
                      doc="minibatch = plain SGD noise; svag = SVAG with svag_l; noisy_gd = noisy gradient descent "
@@ -244,7 +251,8 @@ MODEL_ONLY_KEYS = {"mlp_hidden": ("mlp", "si_mlp"), "wrn_layout": ("wide_resnet2
                    **{k: ("transformer_iwslt",) for k in TRANSFORMER_KEYS}}
 NOISE_KEYS = {"svag_l": ("svag",), "svag_variant": ("svag",), "noisy_gd_examples": ("noisy_gd",)}
 OPTIMIZER_ONLY_KEYS = {"singd_structure": ("singd",), "lr_cov": ("singd", "ikfac"), "singd_alpha1": ("singd",),
-                       "kfac_ema": ("kfac",), **{k: KRONECKER_OPTIMIZERS for k in ("factor_update_every",
+                       "kfac_ema": ("kfac",), "prodigy_d_coef": ("prodigy",),
+                       **{k: KRONECKER_OPTIMIZERS for k in ("factor_update_every",
                                                                                "factor_damping")}}
 DATASET_ONLY_KEYS = {"crop_mode": ("cifar10", "cifar100"), **{k: TRANSLATION_DATASETS for k in TRANSLATION_KEYS}}
 

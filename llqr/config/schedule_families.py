@@ -38,7 +38,25 @@ SCHEDULE_FAMILIES: dict[str, dict[str, tuple[object, str]]] = {
         "step_every": (50000, "int"),
         "step_delta": (0.05, "float"),
     },
+    # The HyperbolicLR study's schedulers (ours, after Kim 2024; llqr.train.budget_schedules). They
+    # follow the run's epoch budget N = total_epochs and step once per epoch, except one_cycle and
+    # cyclic (per batch). eta_min is the study's eta_inf.
+    "polynomial": {"power": (0.5, "float")},
+    "cosine": {"eta_min": (1e-6, "float")},
+    "exponential": {"gamma": (0.96, "float")},
+    "linear_decay": {"end_factor": (1e-3, "float")},
+    "step": {"step_size": (None, "float?"), "gamma": (0.1, "float")},  # step_size null: N // 3 epochs
+    "one_cycle": {"pct_start": (0.3, "float"), "div_factor": (25.0, "float"), "final_div_factor": (1e4, "float")},
+    "cyclic": {"eta_min": (1e-6, "float"), "step_up": (0.25, "float")},  # step_up: fraction of all steps
+    **{name: {"eta_min": (1e-6, "float"), "upper_bound": (250.0, "float")}
+       for name in ("hyperbolic", "exp_hyperbolic", "warmup_hyperbolic", "warmup_exp_hyperbolic")},
+    "warmup_cosine": {"eta_min": (1e-6, "float"), "start_factor": (0.01, "float")},
 }
+HYPERBOLIC_FAMILIES = ("hyperbolic", "exp_hyperbolic", "warmup_hyperbolic", "warmup_exp_hyperbolic")
+# The study's scheduler codes (README of the HyperbolicLR code) -> our family names.
+STUDY_CODES = {"N": "constant", "P": "polynomial", "C": "cosine", "E": "exponential", "L": "linear_decay",
+               "S": "step", "OC": "one_cycle", "CY": "cyclic", "H": "hyperbolic", "EH": "exp_hyperbolic",
+               "WH": "warmup_hyperbolic", "WEH": "warmup_exp_hyperbolic", "WC": "warmup_cosine"}
 
 SCHEDULE_KEYS = (
     "lr_scheduler",

@@ -6,7 +6,7 @@ import difflib
 import math
 
 from .fields import FIELDS, KRONECKER_OPTIMIZERS, TRANSLATION_DATASETS
-from .schedule_families import SCHEDULE_FAMILIES, default_schedule
+from .schedule_families import HYPERBOLIC_FAMILIES, SCHEDULE_FAMILIES, default_schedule
 
 
 class ConfigError(ValueError):
@@ -176,10 +176,34 @@ def _check_schedule(key, sched):
             raise _bad(f"{key}.warmup_ratio", sched["warmup_ratio"], "must be in [0, 1)")
     if sched["name"] == "cosine_ramp_step_increase" and sched["ramp_end"] <= sched["ramp_start"]:
         raise _bad(f"{key}.ramp_end", sched["ramp_end"], "must be > ramp_start")
+    for param, lo, hi in (("gamma", 0.0, 1.0), ("end_factor", 0.0, 1.0), ("start_factor", 0.0, 1.0),
+                          ("step_up", 0.0, 1.0), ("pct_start", 0.0, 1.0)):
+        if param in sched and not lo < sched[param] <= hi:
+            raise _bad(f"{key}.{param}", sched[param], f"must be in ({lo:g}, {hi:g}]")
+    for param in ("power", "upper_bound", "step_size", "div_factor", "final_div_factor"):
+        if sched.get(param) is not None and sched[param] <= 0:
+            raise _bad(f"{key}.{param}", sched[param], "must be > 0")
+
+
+def check_budget_schedule(cfg: dict) -> None:
+    """HyperbolicLR's preconditions, with the keys a user edits: U >= N and eta_min < lr."""
+    sched = cfg["lr_scheduler"]
+    if sched["name"] not in HYPERBOLIC_FAMILIES:
+        return
+    if sched["upper_bound"] < cfg["total_epochs"]:
+        raise ConfigError(f"lr_scheduler.upper_bound={sched['upper_bound']:g} must be >= total_epochs="
+                          f"{cfg['total_epochs']:g}: HyperbolicLR's U bounds the epoch budget N")
+    if sched["eta_min"] >= cfg["learning_rate"]:
+        raise ConfigError(f"lr_scheduler.eta_min={sched['eta_min']:g} must be below learning_rate="
+                          f"{cfg['learning_rate']:g}: a {sched['name']} schedule decays to it")
 
 
 def check_combinations(cfg: dict) -> None:
     """Cross-key rules that the reference enforces (or that would silently misbehave)."""
+    check_budget_schedule(cfg)
+    if cfg.get("train_fraction", 1.0) < 1.0 and cfg["dataset"] not in ("digits", "mnist", "cifar10", "cifar100"):
+        raise ConfigError(f"train_fraction={cfg['train_fraction']} subsets in-memory datasets only (digits, cifar10, "
+                          f"cifar100), not {cfg['dataset']}")
     sam = cfg["sam_mode"]
     if cfg["noise"] != "minibatch":
         if cfg["optimizer"] not in ("sgd", "polyak") or cfg["use_preconditioner"] or sam is not None:

@@ -18,6 +18,25 @@ def dataset_dir(cfg, data_root: str | Path = "data") -> Path:
 def load_dataset(cfg, data_root: str | Path = "data", prepare_missing: bool = False):
     """Load the prepared dataset of ``cfg``; raise DataError if it is missing or corrupt.
     ``prepare_missing`` lets a stand-alone run create the shipped demo data on first use."""
+    data = _load_full(cfg, data_root, prepare_missing)
+    if getattr(cfg, "train_fraction", 1.0) < 1.0:
+        return train_subset(data, cfg.train_fraction, cfg.data_seed)
+    return data
+
+
+def train_subset(data, fraction: float, seed: int):
+    """The same dataset with a fixed random ``fraction`` of its training examples (sorted, so the
+    stream's own shuffling is the only order); the test split is untouched."""
+    import dataclasses
+
+    import numpy as np
+
+    keep = max(1, int(round(fraction * data.train_size)))
+    rows = np.sort(np.random.default_rng([seed, 0x5AB5E7]).permutation(data.train_size)[:keep])
+    return dataclasses.replace(data, x_train=data.x_train[rows], y_train=data.y_train[rows])
+
+
+def _load_full(cfg, data_root, prepare_missing):
     directory = dataset_dir(cfg, data_root)
     if cfg.dataset == "digits":
         from . import digits

@@ -14,7 +14,7 @@ class ModelNotAvailable(RuntimeError):
 
 
 AVAILABLE = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "transformer_iwslt",
-             "preresnet32", "vgg16", "vgg19", "si_mlp")
+             "preresnet32", "vgg16", "vgg19", "si_mlp", "simple_cnn", "simple_vit")
 
 
 def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
@@ -78,6 +78,14 @@ def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
         from .study_mlp import ScaleInvariantMLP
 
         return ScaleInvariantMLP(hidden=tuple(cfg.mlp_hidden), num_classes=num_classes)
+    if name == "simple_cnn":
+        from .study_cnn import SimpleCNN
+
+        return SimpleCNN(num_classes=num_classes)
+    if name == "simple_vit":
+        from .study_vit import SimpleViT
+
+        return SimpleViT(num_classes=num_classes)
     raise ModelNotAvailable(
         f"model '{name}' (preset '{cfg.preset}') is not implemented in this version of llqr; "
         f"available models: {', '.join(AVAILABLE)}. The workflow still lists its cells (snakemake -n)."

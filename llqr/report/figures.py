@@ -32,8 +32,8 @@ def _no_data(ax) -> None:
     ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.5", fontsize="large")
 
 
-def _select(frame: pd.DataFrame, preset: str, axes: list, variant: tuple) -> pd.DataFrame:
-    mask = frame["preset"] == preset
+def _select(frame: pd.DataFrame, preset: str | None, axes: list, variant: tuple) -> pd.DataFrame:
+    mask = pd.Series(True, index=frame.index) if preset is None else frame["preset"] == preset
     for axis, label in zip(axes, variant):
         mask &= frame[axis] == label
     return frame[mask]
@@ -74,17 +74,18 @@ def _draw_variant(ax, runs: pd.DataFrame, points: pd.DataFrame, label: str, colo
     return Line2D([], [], color=color, marker=marker, label=f"{label}{suffix}")
 
 
-def _panel(ax, preset: str, surface: dict, variants: list, entries: pd.DataFrame, points: pd.DataFrame, colors) -> None:
-    axes = list(surface["axes"])
-    ax.set_title(preset)
+def _panel(ax, title: str, surface: dict, axes: list, variants: list, entries: pd.DataFrame, points: pd.DataFrame,
+           colors) -> None:
+    """One panel: ``entries``/``points`` already restricted to it; a line per variant of ``axes``."""
+    ax.set_title(title)
     ax.set_xlabel(surface.get("x", "step").replace("_", " "))
     ax.set_ylabel(surface["metric"])
     handles, drawn = [], False
     for variant, color in zip(variants, colors):
-        runs = _select(entries, preset, axes, variant)
+        runs = _select(entries, None, axes, variant)
         if runs.empty:
             continue
-        mine = _select(points, preset, axes, variant)
+        mine = _select(points, None, axes, variant)
         handles.append(_draw_variant(ax, runs, mine, variant_name(variant) or "default", color))
         drawn = drawn or not mine.empty
     if not drawn:
@@ -96,11 +97,15 @@ def _panel(ax, preset: str, surface: dict, variants: list, entries: pd.DataFrame
 
 
 def curves_figure(surface: dict, entries: pd.DataFrame, curves: pd.DataFrame) -> Figure:
-    """The surface's figure from ``collect.entries_frame`` and ``collect.curves_frame`` output."""
+    """The surface's figure from ``collect.entries_frame`` and ``collect.curves_frame`` output: a
+    panel per preset (and per label of the ``panels`` axis, if the surface names one)."""
     order = label_order(surface)
-    presets, axes = order["preset"], list(surface["axes"])
-    ncols = min(MAX_COLUMNS, max(len(presets), 1))
-    nrows = math.ceil(max(len(presets), 1) / ncols)
+    split = surface.get("panels")
+    axes = [a for a in surface["axes"] if a != split]
+    panel_keys = [(p, lab) for p in order["preset"] for lab in order[split]] if split else [
+        (p,) for p in order["preset"]]
+    ncols = min(MAX_COLUMNS, max(len(panel_keys), 1))
+    nrows = math.ceil(max(len(panel_keys), 1) / ncols)
     variants = ordered_keys(entries.to_dict("records"), axes, order)
     below = math.ceil(len(variants) / 2) * 0.17 if len(variants) > INSIDE_LEGEND else 0.0  # room for legends
     fig = Figure(figsize=(4.6 * ncols, (3.6 + below) * nrows + 0.4), layout="constrained")
@@ -108,14 +113,18 @@ def curves_figure(surface: dict, entries: pd.DataFrame, curves: pd.DataFrame) ->
     # wrap long titles to the figure width (~11 characters per inch at this size)
     fig.suptitle(textwrap.fill(surface["title"], width=max(30, int(11 * 4.6 * ncols))), fontsize="medium")
     panels = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    if not presets:
+    if not panel_keys:
         _no_data(panels[0])
         return fig
-    for ax in panels[len(presets):]:
+    for ax in panels[len(panel_keys):]:
         ax.set_visible(False)
-    runs = entries[["cell", "preset", *axes]].drop_duplicates()
+    runs = entries[["cell", "preset", *surface["axes"]]].drop_duplicates()
     points = curves.merge(runs, on="cell")  # a shared cell's curve serves every position it fills
     colors = _colors(len(variants))
-    for ax, preset in zip(panels, presets):
-        _panel(ax, preset, surface, variants, entries, points, colors)
+    panel_axes = ["preset", *([split] if split else [])]
+    for ax, key in zip(panels, panel_keys):
+        title = key[0] if len(order["preset"]) > 1 or not split else ""
+        title = " / ".join(t for t in (title, *(f"{split}={k}" for k in key[1:])) if t)
+        _panel(ax, title, surface, axes, variants, _select(entries, None, panel_axes, key),
+               _select(points, None, panel_axes, key), colors)
     return fig

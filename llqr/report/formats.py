@@ -164,3 +164,25 @@ def to_latex(pivot: Pivot, surface: dict, excluded: list) -> str:
     out += [_comment(f"not in the means: {cell}: {reason}") for cell, reason in excluded]
     return "\n".join(out) + "\n"
 
+
+
+def simple_markdown(header: list, rows: list) -> str:
+    """A plain pipe table of strings (first column left-aligned, the rest right-aligned)."""
+    rule = ["---"] + ["---:"] * (len(header) - 1)
+    lines = [[_md_escape(c) for c in r] for r in (header, rule, *rows)]
+    return "\n".join("| " + " | ".join(r) + " |" for r in lines) + "\n"
+
+
+def simple_latex(header: list, rows: list, comment: str = "") -> str:
+    """A booktabs tabular of strings, every cell escaped; ``comment`` rides along above it."""
+    out = [_comment(comment)] if comment else []
+    out += [
+        rf"\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in header) + r" \\",
+        r"\midrule",
+        *[" & ".join(latex_escape(c) for c in row) + r" \\" for row in rows],
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]
+    return "\n".join(out) + "\n"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .atomic import write_figure, write_text
+from .budget import render_budget, render_slcd
 from .collect import curves_frame, entries_frame
 from .figures import curves_figure
 from .formats import excluded_cells, to_latex, to_markdown
@@ -36,13 +37,22 @@ def render_surface(surface: dict, results_dir, out_dir) -> dict:
     out = Path(out_dir)
     paths = {name: out / filename for name, filename in OUTPUTS.items()}
     entries = entries_frame(surface, results_dir)
-    table = summarise(entries, surface)
-    grid = pivot(table, surface)
     excluded = excluded_cells(entries)
-    write_text(paths["csv"], table.to_csv(index=False))
-    write_text(paths["md"], to_markdown(grid, surface, excluded))
-    write_text(paths["tex"], to_latex(grid, surface, excluded))
-    fig = curves_figure(surface, entries, curves_frame(surface, results_dir))
+    kind = surface.get("kind", "grid")
+    if kind == "slcd":
+        parts = render_slcd(surface, entries, curves_frame(surface, results_dir), excluded)
+    elif kind == "budget":
+        parts = render_budget(surface, entries, summarise(entries, surface), excluded)
+    else:
+        table = summarise(entries, surface)
+        grid = pivot(table, surface)
+        parts = {"csv": table.to_csv(index=False), "md": to_markdown(grid, surface, excluded),
+                 "tex": to_latex(grid, surface, excluded),
+                 "figure": curves_figure(surface, entries, curves_frame(surface, results_dir))}
+    write_text(paths["csv"], parts["csv"])
+    write_text(paths["md"], parts["md"])
+    write_text(paths["tex"], parts["tex"])
+    fig = parts["figure"]
     write_figure(fig, paths["png"])
     write_figure(fig, paths["pdf"])
     write_text(paths["seeds"], json.dumps(seeds_record(surface), indent=2) + "\n")

@@ -10,8 +10,10 @@ from pathlib import Path
 from ..config import build_config
 
 
-def train_from_workflow(config_json: str, cell_id: str, *, results_dir, checkpoints_dir, data_root, log_path) -> int:
-    """Run one cell for Snakemake; returns the process exit status (75 = preempted, retry)."""
+def train_from_workflow(config_json: str, cell_id: str, *, results_dir, checkpoints_dir, data_root, log_path,
+                        tuned=None) -> int:
+    """Run one cell for Snakemake; returns the process exit status (75 = preempted, retry).
+    ``tuned``: a study's best.json whose parameters go on top of the config."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
@@ -22,9 +24,18 @@ def train_from_workflow(config_json: str, cell_id: str, *, results_dir, checkpoi
             log.flush()
 
         try:
+            from .compile_cache import enable_compilation_cache
             from .loop import PREEMPTED_EXIT_CODE, Preempted, run
 
-            cfg = build_config(json.loads(config_json))
+            enable_compilation_cache(Path(checkpoints_dir) / ".jax_cache")
+
+            config = json.loads(config_json)
+            if tuned:
+                from ..tune.workflow import apply_best
+
+                config = apply_best(config, tuned)
+                out(f"[{cell_id}] tuned by {tuned}")
+            cfg = build_config(config)
             command = f"snakemake rule train, cell {cell_id} (argv: {' '.join(sys.argv)})"
             run(cfg, cell_id=cell_id, results_dir=results_dir, checkpoints_dir=checkpoints_dir,
                 data_root=data_root, command=command, out=out)

@@ -475,7 +475,11 @@ def run(
         rate_t, rate_s = None, start_step
         timer = StepTimer()
         # SVAG's time axis: l steps at LR/l make one SGD step (surfaces may plot against it)
-        effective = (lambda s: {"effective_step": s / cfg.svag_l}) if cfg.noise == "svag" else (lambda s: {})
+        # and every evaluation's epoch of data (the budget studies plot learning curves against it)
+        svag_clock = (lambda s: {"effective_step": s / cfg.svag_l}) if cfg.noise == "svag" else (lambda s: {})
+
+        def effective(s):
+            return {"epoch": round(s / loop_spe, 4), **svag_clock(s)}
         probe = NoiseProbe(model, data, cfg) if cfg.noise_stats_from_epoch is not None and not translation else None
         sam_note = ""
         if cfg.sam_mode is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import optax
+import optax.contrib
 
 
 def decay_mask(params, excluded: list[str] | None):
@@ -21,7 +22,8 @@ def decay_mask(params, excluded: list[str] | None):
 
 def build_main_tx(cfg, lr_schedule) -> optax.GradientTransformation:
     """sgd (no momentum) | polyak (heavy-ball) | adam | adamw[_b2-98|_b2-95], with coupled L2
-    weight decay chained first for the non-adamw optimizers (as the reference does)."""
+    weight decay chained first for the non-adamw optimizers (as the reference does); prodigy and
+    dadapt_adamw (optax.contrib) decay inside, decoupled."""
     name = cfg.optimizer
     wd = cfg.weight_decay or 0.0
     b1, b2 = cfg.adam_betas
@@ -36,6 +38,10 @@ def build_main_tx(cfg, lr_schedule) -> optax.GradientTransformation:
         opt = optax.adamw(lr_schedule, b1=b1, b2=b2, weight_decay=wd, mask=mask)
     elif name in ("singd", "ikfac", "kfac"):
         return kronecker_tx(cfg, lr_schedule)
+    elif name == "prodigy":  # learning-rate free: lr is a multiplier on the estimated step size (1 in the study)
+        return optax.contrib.prodigy(lr_schedule, betas=(b1, b2), estim_lr_coef=cfg.prodigy_d_coef, weight_decay=wd)
+    elif name == "dadapt_adamw":
+        return optax.contrib.dadapt_adamw(lr_schedule, betas=(b1, b2), weight_decay=wd)
     elif name in ("adamw_b2-98", "adamw_b2-95"):
         opt = optax.adamw(lr_schedule, b1=b1, b2=0.98 if name.endswith("98") else 0.95, weight_decay=wd)
     else:

@@ -13,6 +13,8 @@ import math
 import jax.numpy as jnp
 import optax
 
+from .budget_schedules import build_budget_schedule
+
 
 def _cosine(base, eta_min, length, clamp):
     def fn(step):
@@ -89,4 +91,7 @@ def build_schedule(sched: dict, base: float, total_epochs: float, spe: float):
             return init + (target - init) * 0.5 * (1.0 - jnp.cos(math.pi * prog)) + delta * steps_up
 
         return ramp
+    study = build_budget_schedule(name, p, base, total_epochs, spe)
+    if study is not None:
+        return study
     raise ValueError(f"unknown schedule family {name!r}")

@@ -1,0 +1,1 @@
+"""Hyperparameter tuning as workflow steps: Optuna TPE studies whose best trial feeds training cells."""

@@ -1,0 +1,23 @@
+# One job per tuning study (a surface's `tune` block): an Optuna TPE study at the tuning budget
+# whose best parameters every tuned cell of that position applies. The SQLite storage beside
+# best.json is not an output, so a killed study resumes (--rerun-incomplete) instead of
+# restarting; the study spec is a param, so editing a search space re-runs only that study.
+
+
+rule tune:
+    input:
+        study_inputs,
+    output:
+        best=f"{RESULTS}/tuning/{{study}}/best.json",
+    params:
+        spec=lambda wc: study_of(wc).spec_json,
+        checkpoints_dir=CHECKPOINTS,
+        data_root=DATA,
+    log:
+        "logs/tune/{study}.log",
+    resources:
+        **TUNE_RESOURCES,
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/tune_study.py"

@@ -1,0 +1,10 @@
+# Snakemake `script:` for rule tune: runs (or resumes) one Optuna study, writes best.json.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
+from llqr.tune.workflow import tune_from_workflow  # noqa: E402
+
+sys.exit(tune_from_workflow(snakemake.params.spec, snakemake.output.best,
+                            checkpoints_dir=snakemake.params.checkpoints_dir,
+                            data_root=snakemake.params.data_root, log_path=snakemake.log[0]))
