@@ -235,7 +235,7 @@ SAMPLE_PARAMS = {
     "linear_decay": {"end_factor": 0.1},
     "step": {"step_size": 1.0},
     "one_cycle": {"pct_start": 0.25},
-    "cyclic": {"step_up": 0.1, "eta_min": 1e-3},
+    "cyclic": {"step_up": 0.13, "eta_min": 1e-3},  # no sampled step lands on a trough (0/0-like rounding)
     "hyperbolic": {"upper_bound": 250.0},  # U >= the default total_epochs (250) that sched() validates with
     "exp_hyperbolic": {"upper_bound": 260.0},
     "warmup_hyperbolic": {"upper_bound": 300.0},
