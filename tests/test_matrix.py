@@ -24,7 +24,9 @@ PAPER_COUNTS = {
 # The companion studies (group "studies"): SINGD 9 optimizers x 2 precisions (memory/speed surfaces reuse
 # seed 42's cells), SVAG l in 1..32 and the LSR batch sizes on two PreResNets, SGD vs noisy GD.
 STUDY_COUNTS = {"singd": 9 * 2 * 3, "singd_memory": 18, "singd_speed": 18, "svag_convergence": 2 * 6, "lsr": 2 * 5,
-                "lsr_noise": 2 * 5, "noisy_gd": 2 * 2}
+                "lsr_noise": 2 * 5, "noisy_gd": 2 * 2,
+                # HyperbolicLR: 3 models x 13 schedules x 4 budgets x 5 seeds; LR-free adds 2 optimizers
+                "hyperbolic_budget": 780, "hyperbolic_curves": 780, "hyperbolic_slcd": 780, "lr_free": 3 * 3 * 4 * 5}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,14 @@ def test_study_cell_counts_and_shared_cells(paper):
     counts = {name: len(s.cell_ids) for name, s in paper.surfaces.items() if s.group == "studies"}
     assert counts == STUDY_COUNTS
     studies = {c for n in STUDY_COUNTS for c in paper.surfaces[n].cell_ids}
-    assert len(studies) == 54 + 12 + 10 + 4  # memory/speed read the singd cells; nothing else is shared
+    # memory/speed read the singd cells; the budget surfaces share their runs; lr_free's AdamW + H cells are
+    # hyperbolic_budget's (same config, same tuning study)
+    assert len(studies) == 54 + 12 + 10 + 4 + 780 + 3 * 2 * 4 * 5
+    hyper = set(paper.surfaces["hyperbolic_budget"].cell_ids)
+    assert hyper == set(paper.surfaces["hyperbolic_slcd"].cell_ids) == set(paper.surfaces["hyperbolic_curves"].cell_ids)
+    assert len(set(paper.surfaces["lr_free"].cell_ids) & hyper) == 3 * 4 * 5
+    tuned = [s for s in paper.studies.values() if s.preset.endswith("-hlr")]  # the demo's are digits studies
+    assert len(tuned) == 3 * 14 and all(s.trials == 25 and s.config["total_epochs"] == 50 for s in tuned)
     for cid in paper.surfaces["svag_convergence"].cell_ids:
         c = paper.cells[cid].config
         assert c["model"] == "preresnet32" and c["scale_invariant"] and c["optimizer"] == "sgd"
