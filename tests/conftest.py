@@ -30,6 +30,22 @@ def write_yaml(path: Path, obj) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def jax_compilation_cache(tmp_path_factory):
+    """One persistent compilation cache for the session, fresh each session (so tests stay hermetic):
+    the many small runs here compile the same model inits and steps again and again, in this process
+    and in the Snakemake jobs the workflow tests start (they inherit the variable)."""
+    import jax
+
+    if os.environ.get("LLQR_JAX_CACHE") == "0":
+        return None
+    path = str(tmp_path_factory.mktemp("jax-cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return path
+
+
 @pytest.fixture
 def presets_copy(tmp_path, monkeypatch):
     """A private copy of config/presets that a test may edit (LLQR_PRESETS_DIR points at it)."""

@@ -235,6 +235,7 @@ class TinyTransformer(nn.Module):
         return nn.log_softmax(nn.Dense(3)(jnp.mean(h, axis=1)))
 
 
+@pytest.mark.slow  # ~1 min: a full fit on every leaf kind; test_translation covers attention models in the default run
 def test_attention_embedding_and_norm_leaves_get_their_matrix_views_and_fit():
     model = TinyTransformer()
     tokens = jax.random.randint(jax.random.PRNGKey(1), (6, 5), 0, 7)

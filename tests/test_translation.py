@@ -145,6 +145,7 @@ def _events(results, cell):
     return [json.loads(line) for line in lines]
 
 
+@pytest.mark.slow  # ~1 min; the workflow test below trains and scores a translation cell in the default run
 def test_translation_run_with_llqr_and_sam_reports_valid_and_test_bleu_and_keeps_the_best(tmp_path, data_root):
     cfg = resolve("synth-transformer-tiny", {**TINY, "max_steps": 12, "test_eval_freq": 6, "full_eval_freq": 6,
                                              "use_preconditioner": True, "divergence": "ngd", "ema_decay": 0.925,
