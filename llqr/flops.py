@@ -28,13 +28,13 @@ def forward_flops(cfg) -> tuple[float, float]:
     if cfg.dataset in TRANSLATION_PAIRS:
         model = build_model(cfg, vocab=VOCABS[cfg.dataset])
         src = jax.ShapeDtypeStruct((1, PAIR_LENGTH), jnp.int32)
-        inputs = (src, src)
+        inputs = ((src, src),)  # the model takes one (source, previous target) pair
         per_batch = (cfg.max_tokens or 4096) / PAIR_LENGTH
     else:
         model = build_model(cfg, num_classes=NUM_CLASSES.get(cfg.dataset, 10))
         inputs = (jax.ShapeDtypeStruct((1, *INPUT_SHAPES[cfg.dataset]), jnp.float32),)
         per_batch = cfg.batch_size
-    variables = jax.eval_shape(lambda k: model.init(k, *inputs, train=False), jax.random.PRNGKey(0))
+    variables = jax.eval_shape(lambda k, *x: model.init(k, *x, train=False), jax.random.PRNGKey(0), *inputs)
     lowered = jax.jit(lambda v, *x: model.apply(v, *x, train=False)).lower(variables, *inputs)
     analysis = lowered.cost_analysis()
     if isinstance(analysis, list):  # older JAX: one dict per computation

@@ -7,6 +7,7 @@ from snakemake.utils import validate
 
 from llqr.config import ConfigError
 from llqr.matrix import expand
+from llqr.resources import DEFAULTS as RESOURCE_DEFAULTS, preset_resources as _preset_resources
 
 
 validate(config, schema="../config/schema/config.schema.yaml")
@@ -104,16 +105,7 @@ def study_inputs(wildcards):
 
 # --- resources (per preset; never part of a cell's identity) --------------------------
 def preset_resources(preset):
-    res = dict(config.get("resources", {}).get("default", {}))
-    res.update(config.get("resources", {}).get("presets", {}).get(preset, {}))
-    cluster = config.get("cluster") or {}
-    account = cluster.get("account") or os.environ.get("LLQR_SLURM_ACCOUNT")
-    partition = cluster.get("partition") or os.environ.get("LLQR_SLURM_PARTITION")
-    if account:
-        res.setdefault("slurm_account", account)
-    if partition:
-        res.setdefault("slurm_partition", partition)
-    return res
+    return _preset_resources(config, preset)
 
 
 def _train_resource_keys():
@@ -124,12 +116,11 @@ def _train_resource_keys():
 
 
 def _resource_fn(key, owner=None):
-    defaults = {"mem_mb": 2000, "runtime": 30, "cpus_per_task": 1}
     owner = owner or cell_of
 
     def fn(wildcards):
         res = preset_resources(owner(wildcards).preset)
-        return res.get(key, defaults.get(key, 0 if key in ("gpu",) else ""))
+        return res.get(key, RESOURCE_DEFAULTS.get(key, ""))
 
     return fn
 
