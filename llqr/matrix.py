@@ -46,8 +46,9 @@ ALIASES = {
 }
 METRICS = {"test_accuracy": "max", "test_loss": "min", "train_loss": "min", "valid_bleu": "max", "test_bleu": "max",
            "opt_state_bytes": "min", "ms_per_step": "min", "noise_ratio": "max", "noise_G": "min", "noise_N": "min"}  # the last two: cost columns of the optimizer studies
-_SAFE = "-_.,=+:@"
+_SAFE = "-_.=+:@"  # no ",": Snakemake's --target-jobs (how cluster jobs name their cell) splits on it
 _MAX_SEGMENT = 180
+SEPARATOR = "__"  # between the key=value parts of a cell id
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def _fmt_schedule(sched: dict) -> str:
     for param in sorted(k for k in sched if k != "name"):
         if sched[param] != defaults[param][0]:
             value = sched[param]
-            text = ",".join(f"{_fmt(k)}>{_fmt(v)}" for k, v in value.items()) if isinstance(value, dict) else _fmt(value)
+            text = "_".join(f"{_fmt(k)}>{_fmt(v)}" for k, v in value.items()) if isinstance(value, dict) else _fmt(value)
             parts.append(f"{param}={text}")
     return ":".join(parts)
 
@@ -263,7 +264,7 @@ def _diff_segment(config: dict, base: dict) -> str:
         value = diff[key]
         text = _fmt_schedule(value) if FIELDS[key].metadata["kind"] == "schedule" else _fmt(value)
         parts.append(f"{ALIASES.get(key, key)}={text}")
-    middle = quote(",".join(parts), safe=_SAFE) or "default"
+    middle = quote(SEPARATOR.join(parts), safe=_SAFE) or "default"
     if len(middle) > _MAX_SEGMENT:
         middle = f"{middle[:_MAX_SEGMENT - 13]}~{config_hash(diff)}"
     return middle

@@ -129,7 +129,7 @@ def _tuned_config(space, budgets=("5", "10")):
 def test_matrix_derives_one_study_per_position_shared_across_budgets_seeds_and_surfaces():
     m = expand(_tuned_config({"lr_scheduler.upper_bound": {"choices": [25, 30]}}))
     assert len(m.studies) == 2
-    h = m.studies["digits-mlp-budget/epochs=5.0,lr_sched=hyperbolic:upper_bound=25.0"]
+    h = m.studies["digits-mlp-budget/epochs=5.0__lr_sched=hyperbolic:upper_bound=25.0"]
     assert h.config["total_epochs"] == 5 and h.config["init_key"] == 1 and set(h.space) == {
         "learning_rate", "lr_scheduler.upper_bound"}
     tuned = [c for c in m.cells.values() if c.study == h.id]

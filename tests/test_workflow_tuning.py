@@ -93,8 +93,8 @@ def test_editing_one_search_space_reruns_that_study_and_its_cells_only(tuned_run
     config = write_yaml(tuned_run["root"] / "tune-changed.yaml", changed)
     proc = run_snakemake(["-n", "--cores", "1", "--configfile", str(config)], tuned_run["work"], env=tuned_run["env"])
     counts = _job_counts(proc.stdout)
-    assert counts.get("tune") == 1 and "wildcards: study=tiny-budget/epochs=1.0,lr_sched=hyperbolic" in proc.stdout
+    assert counts.get("tune") == 1 and "wildcards: study=tiny-budget/epochs=1.0__lr_sched=hyperbolic" in proc.stdout
     # the tuned H cells re-run once the study rewrites best.json; the C study and cells are untouched
-    assert _train_cells(proc.stdout) == {f"tiny-budget/epochs={b},lr_sched=hyperbolic:upper_bound=3.0+tuned/seed1"
+    assert _train_cells(proc.stdout) == {f"tiny-budget/epochs={b}__lr_sched=hyperbolic:upper_bound=3.0+tuned/seed1"
                                          for b in ("1.0", "2.0")}
     assert counts.get("aggregate") == 3
