@@ -77,7 +77,10 @@ def cell_cost(config: dict, gpus: int, step_time: StepTime | None) -> dict:
     """Steps, hours of wall clock and device-hours of one run (None where no step time is known)."""
     steps = train_steps(config)
     factor, why = step_multiplier(config)
-    hours = None if step_time is None else steps * step_time.seconds * factor / 3600.0
+    # data_parallel splits each step over the job's GPUs (ideal scaling assumed); without it the
+    # other GPUs of a multi-GPU job idle, and are still billed
+    split = gpus if config.get("data_parallel") and gpus > 1 else 1
+    hours = None if step_time is None else steps * step_time.seconds * factor / split / 3600.0
     return {"steps": steps, "factor": factor, "factor_reason": why, "hours": hours,
             "gpu_hours": None if hours is None else hours * max(gpus, 0),
             "source": step_time.source if step_time else "no step time: add the preset to config/step_times.yaml"}

@@ -107,7 +107,7 @@ def rule_params(config: dict) -> dict:
     out = {k: v for k, v in config.items() if k not in _unread(config)}
     # keys whose default is the behaviour cells had before the key existed: absent unless changed
     for key, default in (("precision", "fp32"), ("noise", "minibatch"), ("noise_stats_from_epoch", None),
-                         ("noise_stats_batches", 16), ("train_fraction", 1.0)):
+                         ("noise_stats_batches", 16), ("train_fraction", 1.0), ("data_parallel", False)):
         if out.get(key) == default:
             out.pop(key, None)
     return out

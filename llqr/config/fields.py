@@ -131,6 +131,8 @@ class RunConfig:
     noise_stats_from_epoch: float = opt(None, "float", minimum=0.0, nullable=True,
                                         doc="Log G_t=|∇L|² and the minibatch noise trace N_t at evals from this epoch.")
     noise_stats_batches: int = opt(16, "int", minimum=2, doc="M minibatch gradients per noise estimate.")
+    data_parallel: bool = opt(False, "bool",
+                              doc="Ours: shard each batch over all local devices (the job's GPUs), state replicated.")
     precision: str = opt("fp32", "str", choices=("fp32", "bf16"),
                          doc="Ours: bf16 keeps params, activations and optimizer state in bfloat16 (loss in fp32).")
     normalize_conv_params: bool = opt(False, "bool")

@@ -201,6 +201,10 @@ def check_budget_schedule(cfg: dict) -> None:
 def check_combinations(cfg: dict) -> None:
     """Cross-key rules that the reference enforces (or that would silently misbehave)."""
     check_budget_schedule(cfg)
+    if cfg.get("data_parallel") and (cfg["dataset"] in TRANSLATION_DATASETS or cfg["noise"] != "minibatch"
+                                     or cfg["optimizer"] in KRONECKER_OPTIMIZERS):
+        raise ConfigError("data_parallel=true shards image or digits batches of the plain, SAM and LLQR steps; it "
+                          "is not available for translation, noise studies or Kronecker optimizers")
     if cfg.get("train_fraction", 1.0) < 1.0 and cfg["dataset"] not in ("digits", "mnist", "cifar10", "cifar100"):
         raise ConfigError(f"train_fraction={cfg['train_fraction']} subsets in-memory datasets only (digits, cifar10, "
                           f"cifar100), not {cfg['dataset']}")

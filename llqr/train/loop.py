@@ -38,6 +38,7 @@ from . import records
 from .checkpoint import Checkpointer
 from .evaluators import ClassificationEval, periodic
 from .noise import NoiseProbe, NoiseWeights
+from .parallel import Placement
 from .losses import accuracy_percent, eval_sums as loss_sums, smoothed_cross_entropy
 from .optimizers import build_main_tx
 from .schedules import build_schedule
@@ -452,6 +453,13 @@ def run(
             state, meta = ckpt.restore(start_step, state)
             cursor, elapsed_before, offset = meta["cursor"], meta["elapsed_s"], meta["metrics_offset"]
             out(f"[{cell_id}] resuming from checkpoint at step {start_step}/{total_steps - 1}")
+        place = Placement(cfg.data_parallel)
+        place.check_batch("batch_size", cfg.batch_size)
+        if cfg.use_preconditioner:
+            place.check_batch("precond_batch_size", cfg.precond_batch_size)
+        if place.count > 1:
+            out(f"[{cell_id}] data parallel over {place.count} devices: {', '.join(map(str, place.devices))}")
+        state = place.replicate(state)
         log = MetricsLog(paths.work / "metrics.jsonl", offset)
         history = [e for e in log.events() if e["event"] == "eval"]
         pad = data.pad_id if translation else None
@@ -485,9 +493,9 @@ def run(
         if cfg.sam_mode is not None:
             sam_note = f", sam {cfg.sam_mode}" + (f" from step {sam_from}" if sam_from else "")
         out(f"[{cell_id}] {total_steps - 1} updates ({spe:.3f} steps/epoch), model {cfg.model}{sam_note}, data {data.path}")
-        if jax.local_device_count() > 1:
-            out(f"[{cell_id}] warning: {jax.local_device_count()} devices visible but this runner trains on one "
-                f"({jax.devices()[0]}); multi-device data parallelism is not implemented yet")
+        if jax.local_device_count() > place.count:
+            out(f"[{cell_id}] note: {jax.local_device_count()} devices visible, training on {place.count} "
+                f"({place.devices[0]}); data_parallel=true shards each batch over all of them")
 
         def check_finite() -> int | None:
             if not pending:
@@ -544,6 +552,7 @@ def run(
                 if fit_precond and step < until and step % max(1, int(round(float(every(step))))) == 0:
                     t_fit = time.perf_counter()
                     fx, fy, n_batches = _draw_fit_batch(data, stream, cursor, cfg)
+                    fx, fy = place.flat((fx, fy))
                     cursor += n_batches
                     blocks, cost0, cost1 = llqr_fit(
                         get_blocks(state["opt_state"]), state["params"], state["batch_stats"], fx, fy,
@@ -557,7 +566,7 @@ def run(
                     x, y = data.train_batch(noise.subset, step)
                     xs, ys = _stack([x]), np.stack([y])
                 else:
-                    xs, ys = _draw(data, stream, cursor, cfg.grad_acc_steps * noise.batches())
+                    xs, ys = place.stacked(_draw(data, stream, cursor, cfg.grad_acc_steps * noise.batches()))
                     cursor += cfg.grad_acc_steps * noise.batches()
                 if sam_step is not None and step >= sam_from:  # before that: the plain step, buffers frozen
                     state, loss = sam_step(state, xs, ys, rho(step))

@@ -19,9 +19,9 @@ mkdir -p "$state"
 
 log() { echo "[local_cluster] $*"; }
 
-stop_daemons() {
+stop_daemons() {  # names to stop (default: all three)
   local name pid
-  for name in slurmd slurmctld munged; do
+  for name in ${@:-slurmd slurmctld munged}; do
     [[ -f $state/$name.pid ]] || continue
     pid=$(cat "$state/$name.pid")
     if kill "$pid" 2>/dev/null; then log "stopped $name (pid $pid)"; fi
@@ -41,6 +41,8 @@ if [[ $(id -u) != 0 ]]; then
   exit 1
 fi
 t0=$(date +%s)
+# a second start restarts the SLURM daemons (munged, if ours, keeps running: they need it)
+stop_daemons slurmd slurmctld
 
 # --- packages (no slurmdbd: it would need a MariaDB server) ---------------------------------------
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
@@ -112,8 +114,6 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 
 # --- daemons (they put themselves in the background); -c: start from an empty job state -----------
-stop_daemons_quietly() { stop_daemons >/dev/null 2>&1 || true; }
-[[ -f $state/slurmctld.pid ]] && stop_daemons_quietly
 /usr/sbin/slurmctld -c
 for _ in $(seq 1 20); do [[ -s /var/run/slurmctld.pid ]] && break; sleep 0.5; done
 cp /var/run/slurmctld.pid "$state/slurmctld.pid"
