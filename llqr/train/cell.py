@@ -8,21 +8,14 @@ import traceback
 from pathlib import Path
 
 from ..config import build_config
+from ..joblog import job_log
 
 
 def train_from_workflow(config_json: str, cell_id: str, *, results_dir, checkpoints_dir, data_root, log_path,
                         tuned=None) -> int:
     """Run one cell for Snakemake; returns the process exit status (75 = preempted, retry).
     ``tuned``: a study's best.json whose parameters go on top of the config."""
-    log_path = Path(log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-
-        def out(line: str) -> None:
-            print(line, flush=True)
-            log.write(line + "\n")
-            log.flush()
-
+    with job_log(log_path) as (out, log):
         try:
             from .compile_cache import enable_compilation_cache
             from .loop import PREEMPTED_EXIT_CODE, Preempted, run

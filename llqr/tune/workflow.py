@@ -7,18 +7,12 @@ import sys
 import traceback
 from pathlib import Path
 
+from ..joblog import job_log
+
 
 def tune_from_workflow(spec_json: str, best_path, *, checkpoints_dir, data_root, log_path) -> int:
-    log_path = Path(log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     spec = json.loads(spec_json)
-    with open(log_path, "a") as log:
-
-        def out(line: str) -> None:
-            print(line, flush=True)
-            log.write(line + "\n")
-            log.flush()
-
+    with job_log(log_path) as (out, log):
         try:
             from ..train.compile_cache import enable_compilation_cache
             from .study import run_study
