@@ -6,7 +6,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from llqr.config import ConfigError
-from llqr.matrix import expand
+from llqr.matrix import expand, preset_base
 from llqr.resources import DEFAULTS as RESOURCE_DEFAULTS, preset_resources as _preset_resources
 
 
@@ -126,12 +126,20 @@ def _resource_fn(key, owner=None):
 
 
 TRAIN_RESOURCES = {key: _resource_fn(key) for key in _train_resource_keys()}
-# A study runs its trials one after another in one job: the preset's resources, with the
-# runtime scaled by the trial count (a study's trials are as long as one tuning-budget cell).
+# A study runs its trials one after another in one job: the preset's resources, with the runtime
+# (set for the preset's own epoch budget) scaled by trials x tuning budget / preset budget. A study
+# longer than the partition allows resumes over the profile's retries (finished trials are kept).
 TUNE_RESOURCES = {key: _resource_fn(key, study_of) for key in _train_resource_keys()}
-TUNE_RESOURCES["runtime"] = lambda wc: int(
-    preset_resources(study_of(wc).preset).get("runtime", 30) * study_of(wc).trials
-)
+
+
+def _tune_runtime(wildcards):
+    study = study_of(wildcards)
+    per_run = preset_resources(study.preset).get("runtime", RESOURCE_DEFAULTS["runtime"])
+    share = study.config["total_epochs"] / preset_base(study.preset)[1]["total_epochs"]
+    return max(1, int(round(per_run * study.trials * share)))
+
+
+TUNE_RESOURCES["runtime"] = _tune_runtime
 
 
 # --- aggregation inputs ---------------------------------------------------------------
