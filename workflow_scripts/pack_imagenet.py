@@ -7,16 +7,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 from llqr.data.errors import DataError  # noqa: E402
 from llqr.data.imagenet_pack import pack  # noqa: E402
+from llqr.joblog import job_log  # noqa: E402
 
-log_path = Path(snakemake.log[0])
-log_path.parent.mkdir(parents=True, exist_ok=True)
-with open(log_path, "w") as log_fh:
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-        log_fh.write(msg + "\n")
-        log_fh.flush()
-
+with job_log(snakemake.log[0]) as (log, _log_file):
     source = json.loads(Path(snakemake.input[0]).read_text())["root"]
     try:
         pack(source, Path(snakemake.output[0]).parent, shard_size_mb=float(snakemake.params.shard_size_mb), log=log)
