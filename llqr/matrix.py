@@ -426,23 +426,16 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
         base_values, base = _cache[preset]
         for combo in combos:
             labels = {axis: lab for axis, (lab, _) in zip(axes, combo)}
-            overrides: dict = {}
-            for _lab, settings in combo:
-                overrides.update(settings)
-            for rule in rules:
-                if _rule_applies(rule.get("when") or {}, labels, preset):
-                    overrides.update(rule.get("set") or {})
+            overrides = _position_overrides(combo, rules, labels, preset)
             where = ", ".join(f"{a}={lab}" for a, lab in labels.items())
             study = None
             if tune is not None:
-                study = _study_for(name, tune, axes, combo, labels, rules, preset, base_values, base, studies, where)
+                study = _study_for(name, tune, axes, combo, rules, preset, base_values, base, studies, where)
             for seed in seeds:
                 try:
-                    merged = apply_overrides(base_values, {**overrides, "init_key": seed, "preset": preset})
-                    config = normalise(build_config(merged).to_dict(), base)
-                    build_config(config)
-                    for corner in corners(study.space) if study else []:  # best params must fit every budget
-                        build_config(apply_overrides(config, corner))
+                    config = _resolve(base_values, base, overrides, seed, preset)
+                    if study and seed == seeds[0]:  # best params must fit every budget (seeds do not matter)
+                        _check_corners(config, study.space)
                 except ConfigError as exc:
                     raise _err(name, f"preset {preset} [{where}]: {exc}") from None
                 cid = cell_id(preset, config, base, tuned=study is not None)
@@ -457,30 +450,48 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
     return surface
 
 
-def _study_for(name, tune, axes, combo, labels, rules, preset, base_values, base, studies, where):
+def _position_overrides(combo, rules, labels: dict, preset: str) -> dict:
+    """The settings of one position: its axis variants in axis order, then every rule that matches."""
+    overrides: dict = {}
+    for _lab, settings in combo:
+        overrides.update(settings)
+    for rule in rules:
+        if _rule_applies(rule.get("when") or {}, labels, preset):
+            overrides.update(rule.get("set") or {})
+    return overrides
+
+
+def _resolve(base_values: dict, base: dict, overrides: dict, seed: int, preset: str) -> dict:
+    """A position's normalised run config for one seed; ConfigError if it is invalid."""
+    merged = apply_overrides(base_values, {**overrides, "init_key": seed, "preset": preset})
+    config = normalise(build_config(merged).to_dict(), base)
+    build_config(config)
+    return config
+
+
+def _check_corners(config: dict, space: dict) -> None:
+    for corner in corners(space):
+        build_config(apply_overrides(config, corner))
+
+
+def _study_for(name, tune, axes, combo, rules, preset, base_values, base, studies, where):
     """The study that tunes this position: its config at the tuning budget (the budget axis's first
     variant) and seed (the surface's first); None when no space entry applies to the position."""
+    axis_names = list(axes)
+    labels = {a: lab for a, (lab, _) in zip(axis_names, combo)}
     space = dict(tune["space"])
     for rule in tune["rules"]:
         if _rule_applies(rule.get("when") or {}, labels, preset):
             space.update(check_space(rule.get("space") or {}, f"surface '{name}' tune.rules"))
     if not space:
         return None
-    axis_names = list(axes)
     at_budget = list(combo)
     at_budget[axis_names.index(tune["budget_axis"])] = axes[tune["budget_axis"]][0]
     tuning_labels = {a: lab for a, (lab, _) in zip(axis_names, at_budget)}
-    overrides: dict = {}
-    for _lab, settings in at_budget:
-        overrides.update(settings)
-    for rule in rules:
-        if _rule_applies(rule.get("when") or {}, tuning_labels, preset):
-            overrides.update(rule.get("set") or {})
     try:
-        merged = apply_overrides(base_values, {**overrides, "init_key": tune["tuning_seed"], "preset": preset})
-        config = normalise(build_config(merged).to_dict(), base)
-        for corner in corners(space):
-            build_config(apply_overrides(config, corner))
+        config = _resolve(base_values, base, _position_overrides(at_budget, rules, tuning_labels, preset),
+                          tune["tuning_seed"], preset)
+        _check_corners(config, space)
     except ConfigError as exc:
         raise _err(name, f"tuning study for preset {preset} [{where}]: {exc}") from None
     study = Study(study_id(preset, config, base), preset, config, space, tune["trials"], tune["seed"],

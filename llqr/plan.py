@@ -58,11 +58,15 @@ def plan(config: dict, targets, step_times: dict) -> dict:
     names = select(matrix, targets)
     rows, surfaces, studies = {}, [], {}
 
+    def priced(preset, run_config):
+        """(resources, GPU count, cost of one run) of a preset's run."""
+        res = preset_resources(config, preset)
+        gpus = int(resource(res, "gpu") or 0)
+        return res, gpus, cell_cost(run_config, gpus, step_times.get(preset))
+
     def row_for(cell):
         if cell.id not in rows:
-            res = preset_resources(config, cell.preset)
-            gpus = int(resource(res, "gpu") or 0)
-            cost = cell_cost(cell.config, gpus, step_times.get(cell.preset))
+            res, gpus, cost = priced(cell.preset, cell.config)
             rows[cell.id] = {"cell": cell.id, "preset": cell.preset, "gpus": gpus,
                              "cpus": resource(res, "cpus_per_task"), "mem_mb": resource(res, "mem_mb"),
                              "runtime_min": resource(res, "runtime"), "study": cell.study, **cost}
@@ -75,9 +79,7 @@ def plan(config: dict, targets, step_times: dict) -> dict:
             study = matrix.cells[cid].study
             if study and study not in studies:
                 s = matrix.studies[study]
-                res = preset_resources(config, s.preset)
-                gpus = int(resource(res, "gpu") or 0)
-                one = cell_cost(s.config, gpus, step_times.get(s.preset))
+                _res, gpus, one = priced(s.preset, s.config)
                 studies[study] = {"study": study, "preset": s.preset, "trials": s.trials, "gpus": gpus,
                                   "steps": one["steps"] * s.trials, "source": one["source"],
                                   "hours": None if one["hours"] is None else one["hours"] * s.trials,

@@ -69,11 +69,14 @@ def dataset_inputs(dataset):
     return []
 
 
-def train_inputs(wildcards):
-    cell = cell_of(wildcards)
-    if cell.config["dataset_dir"]:  # the user points at prepared data themselves
+def config_inputs(run_config):
+    if run_config["dataset_dir"]:  # the user points at prepared data themselves
         return []
-    return dataset_inputs(cell.config["dataset"])
+    return dataset_inputs(run_config["dataset"])
+
+
+def train_inputs(wildcards):
+    return config_inputs(cell_of(wildcards).config)
 
 
 # --- tuning studies (rules/tune.smk) ---------------------------------------------------
@@ -97,10 +100,7 @@ def tuned_input(wildcards):
 
 
 def study_inputs(wildcards):
-    study = study_of(wildcards)
-    if study.config["dataset_dir"]:
-        return []
-    return dataset_inputs(study.config["dataset"])
+    return config_inputs(study_of(wildcards).config)
 
 
 # --- resources (per preset; never part of a cell's identity) --------------------------

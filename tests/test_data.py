@@ -2,6 +2,7 @@
 
 import hashlib
 
+import numpy as np
 import pytest
 
 from llqr.data import digits
@@ -55,3 +56,17 @@ def test_imagenet_inputs_are_checked_and_missing_pieces_named(tmp_path):
 def test_missing_digits_file_says_how_to_create_it(tmp_path):
     with pytest.raises(DataError, match=r"digits data not found .*snakemake data/digits/digits.npz"):
         digits.load(tmp_path)
+
+
+def test_train_fraction_keeps_a_fixed_seeded_subset_and_the_whole_test_split(digits_root):
+    from llqr.config import build_config
+    from llqr.data import load_dataset
+
+    full = load_dataset(build_config({"dataset": "digits"}), digits_root)
+    part = load_dataset(build_config({"dataset": "digits", "train_fraction": 0.1}), digits_root)
+    again = load_dataset(build_config({"dataset": "digits", "train_fraction": 0.1}), digits_root)
+    other = load_dataset(build_config({"dataset": "digits", "train_fraction": 0.1, "data_seed": 1}), digits_root)
+    assert part.train_size == round(0.1 * full.train_size) and part.test_size == full.test_size
+    assert np.array_equal(part.x_train, again.x_train) and not np.array_equal(part.x_train, other.x_train)
+    rows = {row.tobytes() for row in full.x_train}
+    assert all(row.tobytes() in rows for row in part.x_train)

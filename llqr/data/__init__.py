@@ -19,7 +19,7 @@ def load_dataset(cfg, data_root: str | Path = "data", prepare_missing: bool = Fa
     """Load the prepared dataset of ``cfg``; raise DataError if it is missing or corrupt.
     ``prepare_missing`` lets a stand-alone run create the shipped demo data on first use."""
     data = _load_full(cfg, data_root, prepare_missing)
-    if getattr(cfg, "train_fraction", 1.0) < 1.0:
+    if cfg.train_fraction < 1.0:
         return train_subset(data, cfg.train_fraction, cfg.data_seed)
     return data
 

@@ -15,9 +15,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .budget_stats import power_law_fit, slcd_matrix, upper_mean
+from .collect import one_point_per_step
 from .figures import _colors, _no_data
 from .formats import simple_latex, simple_markdown, to_latex, to_markdown
-from .layout import label_order, ordered_keys, variant_name
+from .layout import label_order, ordered_keys, rows_matching, variant_name
 from .tables import layout, pivot
 
 FIT_COLUMNS = ["fit_a", "fit_b", "fit_r2", "fit_n"]
@@ -27,21 +28,13 @@ def group_keys(surface: dict) -> list:
     return [k for k in layout(surface) if k != surface["budget_axis"]]
 
 
-def _match(frame: pd.DataFrame, keys: list, key: tuple) -> np.ndarray:
-    """Rows of ``frame`` whose ``keys`` columns equal ``key`` (all rows when there are no keys)."""
-    mask = np.ones(len(frame), dtype=bool)
-    for k, v in zip(keys, key):
-        mask &= (frame[k] == v).to_numpy()
-    return mask
-
-
 def budget_fits(table: pd.DataFrame, surface: dict) -> pd.DataFrame:
     """One row per group: the power law of its final means over the budgets."""
     keys, axis = group_keys(surface), surface["budget_axis"]
     order = label_order(surface)
     rows = []
     for key in ordered_keys(table.to_dict("records"), keys, order):
-        mine = table[_match(table, keys, key)]
+        mine = rows_matching(table, keys, key)
         fit = power_law_fit([float(b) for b in mine[axis]], mine["final_mean"])
         rows.append({**dict(zip(keys, key)), **{f"fit_{k}": v for k, v in fit.items()}})
     return pd.DataFrame(rows, columns=[*keys, *FIT_COLUMNS])
@@ -89,10 +82,10 @@ def budget_figure(surface: dict, table: pd.DataFrame, fits: pd.DataFrame) -> Fig
             _no_data(ax)
             continue
         for key, color in zip(groups, _colors(len(groups))):
-            rows = mine[_match(mine, others, key)]
+            rows = rows_matching(mine, others, key)
             x = rows[axis].astype(float).to_numpy()
             y, err = rows["final_mean"].to_numpy(), rows["final_std"].fillna(0.0).to_numpy()
-            fit = fits[_match(fits, ["preset", *others], (preset, *key))].iloc[0]
+            fit = rows_matching(fits, ["preset", *others], (preset, *key)).iloc[0]
             label = variant_name(key) or surface["metric"]
             if np.isfinite(fit["fit_b"]):
                 grid_x = np.geomspace(x.min(), x.max(), 50)
@@ -108,12 +101,11 @@ def budget_figure(surface: dict, table: pd.DataFrame, fits: pd.DataFrame) -> Fig
 # --- SLCD -----------------------------------------------------------------------------------------
 
 
-def mean_curves(entries: pd.DataFrame, curves: pd.DataFrame) -> dict:
+def cell_curves(curves: pd.DataFrame) -> dict:
     """cell -> its evaluation curve; a final evaluation replaces an evaluation at the same point."""
     if curves.empty:
         return {}
-    ranked = curves.assign(_final=curves["event"] == "final_eval").sort_values(["cell", "step", "_final"])
-    line = ranked.drop_duplicates(["cell", "step"], keep="last")
+    line = one_point_per_step(curves)
     return {cell: (g["step"].to_numpy(), g["value"].to_numpy()) for cell, g in line.groupby("cell")}
 
 
@@ -132,10 +124,10 @@ def slcd_matrices(surface: dict, entries: pd.DataFrame, curves: pd.DataFrame) ->
     order = label_order(surface)
     budgets = order[axis]
     ok = entries[entries["status"] == "ok"]
-    by_cell = mean_curves(entries, curves)
+    by_cell = cell_curves(curves)
     out = []
     for key in ordered_keys(entries.to_dict("records"), keys, order):
-        mine = ok[_match(ok, keys, key)]
+        mine = rows_matching(ok, keys, key)
         per_budget = [_seed_mean(list(mine[mine[axis] == b]["cell"]), by_cell) for b in budgets]
         out.append((key, slcd_matrix(per_budget)))
     return out

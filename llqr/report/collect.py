@@ -152,3 +152,10 @@ def curves_frame(surface: dict, results_dir) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=CURVE_COLUMNS).astype({"step": int, "value": float})
     return pd.concat(frames, ignore_index=True)
+
+
+def one_point_per_step(points: pd.DataFrame) -> pd.DataFrame:
+    """Curve points with one value per (cell, step): a final evaluation supersedes an evaluation
+    logged at the same step of the same run."""
+    ranked = points.assign(_final=points["event"] == "final_eval").sort_values(["cell", "step", "_final"])
+    return ranked.drop_duplicates(["cell", "step"], keep="last").drop(columns="_final")

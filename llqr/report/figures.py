@@ -17,7 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .layout import label_order, ordered_keys, variant_name
+from .collect import one_point_per_step
+from .layout import label_order, ordered_keys, rows_matching, variant_name
 
 MAX_COLUMNS = 4
 INSIDE_LEGEND = 6  # more variants than this: the legend goes under the panel, in two columns
@@ -30,13 +31,6 @@ def _colors(n: int) -> list:
 
 def _no_data(ax) -> None:
     ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.5", fontsize="large")
-
-
-def _select(frame: pd.DataFrame, preset: str | None, axes: list, variant: tuple) -> pd.DataFrame:
-    mask = pd.Series(True, index=frame.index) if preset is None else frame["preset"] == preset
-    for axis, label in zip(axes, variant):
-        mask &= frame[axis] == label
-    return frame[mask]
 
 
 def status_suffix(statuses: list) -> str:
@@ -53,9 +47,7 @@ def _draw_variant(ax, runs: pd.DataFrame, points: pd.DataFrame, label: str, colo
     suffix = status_suffix(statuses)
     if points.empty:
         return Line2D([], [], color=color, alpha=0.4, linestyle="--", label=f"{label}{suffix or ' (no curve)'}")
-    # A final evaluation supersedes an evaluation logged at the same step of the same run.
-    ranked = points.assign(_final=points["event"] == "final_eval").sort_values(["cell", "step", "_final"])
-    line = ranked.drop_duplicates(["cell", "step"], keep="last")
+    line = one_point_per_step(points)
     stats = line.groupby("step")["value"].agg(["mean", "min", "max"])
     ax.plot(stats.index, stats["mean"], color=color, linewidth=1.5, marker="." if len(stats) == 1 else None)
     if (stats["min"] < stats["max"]).any():
@@ -82,10 +74,10 @@ def _panel(ax, title: str, surface: dict, axes: list, variants: list, entries: p
     ax.set_ylabel(surface["metric"])
     handles, drawn = [], False
     for variant, color in zip(variants, colors):
-        runs = _select(entries, None, axes, variant)
+        runs = rows_matching(entries, axes, variant)
         if runs.empty:
             continue
-        mine = _select(points, None, axes, variant)
+        mine = rows_matching(points, axes, variant)
         handles.append(_draw_variant(ax, runs, mine, variant_name(variant) or "default", color))
         drawn = drawn or not mine.empty
     if not drawn:
@@ -125,6 +117,6 @@ def curves_figure(surface: dict, entries: pd.DataFrame, curves: pd.DataFrame) ->
     for ax, key in zip(panels, panel_keys):
         title = key[0] if len(order["preset"]) > 1 or not split else ""
         title = " / ".join(t for t in (title, *(f"{split}={k}" for k in key[1:])) if t)
-        _panel(ax, title, surface, axes, variants, _select(entries, None, panel_axes, key),
-               _select(points, None, panel_axes, key), colors)
+        _panel(ax, title, surface, axes, variants, rows_matching(entries, panel_axes, key),
+               rows_matching(points, panel_axes, key), colors)
     return fig

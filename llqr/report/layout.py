@@ -36,3 +36,11 @@ def ordered_keys(records: list, keys: list, order: dict) -> list:
 def variant_name(labels) -> str:
     """How a combination of labels reads in headers and legends."""
     return " / ".join(str(lab) for lab in labels)
+
+
+def rows_matching(frame: pd.DataFrame, keys: list, key: tuple) -> pd.DataFrame:
+    """The rows of ``frame`` whose ``keys`` columns hold ``key`` (every row when there are no keys)."""
+    mask = pd.Series(True, index=frame.index)
+    for column, label in zip(keys, key):
+        mask &= frame[column] == label
+    return frame[mask]

@@ -30,19 +30,13 @@ def spec_hash(spec: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _final_metric(results: Path, metric: str):
+def _final_metric(results_dir: Path, cell: str, metric: str):
     """The metric of the run's final evaluation (None if the run never got there)."""
-    value = None
-    path = results / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event") == "final_eval" and isinstance(record.get(metric), (int, float)):
-                value = float(record[metric])
-    return value
+    from ..report.collect import read_curve
+
+    curve = read_curve(results_dir, cell, metric)
+    final = curve[curve["event"] == "final_eval"]
+    return float(final["value"].iloc[-1]) if not final.empty else None
 
 
 def _trial_key(overrides: dict) -> str:
@@ -101,7 +95,7 @@ def run_study(spec: dict, study_dir, *, checkpoints_dir, data_root, out=print, t
         cell = f"trial-{_trial_key(overrides)}"
         summary = train(cfg, cell_id=cell, results_dir=study_dir / name, checkpoints_dir=checkpoints_dir,
                         data_root=data_root)
-        value = _final_metric(study_dir / name / "cells" / cell, spec["metric"])
+        value = _final_metric(study_dir / name, cell, spec["metric"])
         status = summary.get("status")
         if status == "ok" and value is not None and math.isfinite(value):
             study.tell(trial, value)
