@@ -17,6 +17,16 @@ AVAILABLE = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyra
              "preresnet32", "vgg16", "vgg19", "si_mlp", "simple_cnn", "simple_vit")
 
 
+def layer_of(name: str):
+    """How model ``name`` names each parameter's controlled layer for the LLQR preconditioner
+    (``llqr.optim.structures.layer_labels``), or None where its top-level groups are its layers."""
+    if name == "transformer_iwslt":
+        from .transformer import controlled_layer
+
+        return controlled_layer
+    return None
+
+
 def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
     """The model ``cfg.model`` with ``num_classes`` outputs (``vocab``: source and target
     dictionary sizes of a translation model).

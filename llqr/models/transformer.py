@@ -232,6 +232,24 @@ class TransformerMT(nn.Module):
         return self._output(y[:, 0]), tuple(new_cache)
 
 
+def controlled_layer(names: tuple[str, ...]) -> str:
+    """The reference's controlled layer of a parameter (its path ``names``), for the LLQR blocks.
+
+    The reference's stages are: both embeddings together; per encoder layer the self-attention,
+    its residual LayerNorm, fc1, and fc2 with the following LayerNorm; per decoder layer also the
+    cross-attention and its LayerNorm. Our modules group a whole encoder/decoder layer instead.
+    """
+    top = names[0]
+    if top in ("src_embed", "tgt_embed"):
+        return "embed"
+    part = names[1]
+    if part == "ffn":
+        return f"{top}/fc1" if names[2] == "fc1" else f"{top}/fc2_ln"
+    if part == "ffn_ln":
+        return f"{top}/fc2_ln"
+    return f"{top}/{part}"
+
+
 def non_embedding_param_count(embed_dim=512, ffn_dim=1024, encoder_layers=6, decoder_layers=6) -> int:
     """Parameters outside the two embeddings (31,543,296 for the IWSLT size)."""
     attn = 4 * (embed_dim * embed_dim + embed_dim)

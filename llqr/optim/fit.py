@@ -29,7 +29,7 @@ def chunk_size(cfg):
     return None
 
 
-def make_llqr_fit(log_probs, cfg, ignore_index=None):
+def make_llqr_fit(log_probs, cfg, ignore_index=None, layer_of=None):
     """Jitted ``fit(blocks, params, batch_stats, x, y, lr, ema) -> (blocks, first_cost, last_cost)``.
 
     ``log_probs(params, batch_stats, x)`` is the inference-mode network (running BN stats, no
@@ -38,6 +38,8 @@ def make_llqr_fit(log_probs, cfg, ignore_index=None):
     solver steps at rate ``lr``, blends with the old blocks by ``ema`` and clamps diagonal/scalar
     entries. ``block_structure=exact`` replaces the inner steps by the
     dense solve P = (H_D + λI)^-1 (then the same EMA blend); its costs are J at the old and new P.
+    ``layer_of`` names each parameter's controlled layer where the top-level groups are not the
+    model's layers (``structures.layer_labels``).
     """
 
     def exact_fit(blocks, params, batch_stats, x, y, lr, ema):
@@ -65,9 +67,10 @@ def make_llqr_fit(log_probs, cfg, ignore_index=None):
             ignore_index=ignore_index,
         )
         start = blocks if cfg.warm_start_precond else structures.init_blocks(
-            cfg.block_structure, params, cfg.precond_identity_scaling)
+            cfg.block_structure, params, cfg.precond_identity_scaling, layer_of)
         fitted, costs = fit_blocks(problem, cfg.block_structure, start, steps=cfg.precond_steps, lr=lr,
-                                   solver=cfg.precond_solver, momentum=cfg.momentum, clip_norm=cfg.precond_clip_norm)
+                                   solver=cfg.precond_solver, momentum=cfg.momentum, clip_norm=cfg.precond_clip_norm,
+                                   layer_of=layer_of)
         new = structures.clamp_blocks(cfg.block_structure, blend(blocks, fitted, ema), cfg.allow_grad_inversion)
         first = costs[0] if cfg.precond_steps else 0.0
         last = costs[-1] if cfg.precond_steps else 0.0

@@ -100,31 +100,33 @@ def lqr_cost(problem: Problem, u):
     return 0.5 * tree_vdot(u, problem.curvature(u)) + tree_vdot(problem.grad, u)
 
 
-def precond_cost_and_grad(problem: Problem, structure: str, blocks):
+def precond_cost_and_grad(problem: Problem, structure: str, blocks, layer_of=None):
     """J(P) and dJ/d(blocks) with u = -P g: dJ/dw = (H+λ)w - g for w = P g, pulled back to P."""
-    w, pullback = jax.vjp(lambda b: structures.apply_blocks(structure, b, problem.grad), blocks)
+    w, pullback = jax.vjp(lambda b: structures.apply_blocks(structure, b, problem.grad, layer_of), blocks)
     hw = problem.curvature(w)
     value = 0.5 * tree_vdot(w, hw) - tree_vdot(problem.grad, w)
     (grad_blocks,) = pullback(jax.tree_util.tree_map(lambda a, b: a - b, hw, problem.grad))
     return value, grad_blocks
 
 
-def clip_by_leaf_norm(max_norm: float) -> optax.GradientTransformation:
-    """Each leaf's update rescaled to L2 norm <= max_norm independently (the reference's clip)."""
+def clip_by_group_norm(max_norm: float, groups) -> optax.GradientTransformation:
+    """The reference's inner clip: the update arrays of each group (``groups``: a pytree like the
+    updates naming each array's group) rescaled together by max_norm / max(max_norm, group norm)."""
 
     def update(updates, state, params=None):
         del params
-
-        def clip(u):
-            norm = jnp.sqrt(jnp.sum(u * u))
-            return u * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
-
-        return jax.tree_util.tree_map(clip, updates), state
+        leaves, treedef = jax.tree_util.tree_flatten(updates)
+        ids = jax.tree_util.tree_leaves(groups)
+        squares: dict = {}
+        for i, u in zip(ids, leaves):
+            squares[i] = squares.get(i, 0.0) + jnp.sum(u * u)
+        scale = {i: max_norm / jnp.maximum(max_norm, jnp.sqrt(sq)) for i, sq in squares.items()}
+        return jax.tree_util.tree_unflatten(treedef, [u * scale[i] for i, u in zip(ids, leaves)]), state
 
     return optax.GradientTransformation(lambda _p: optax.EmptyState(), update)
 
 
-def inner_solver(name: str, lr, momentum: float, clip_norm: float) -> optax.GradientTransformation:
+def inner_solver(name: str, lr, momentum: float, clip_norm: float, groups) -> optax.GradientTransformation:
     if name == "momentum":
         solver = optax.sgd(lr, momentum=momentum)
     elif name == "sgd":
@@ -133,7 +135,7 @@ def inner_solver(name: str, lr, momentum: float, clip_norm: float) -> optax.Grad
         solver = optax.adam(lr)
     else:
         raise ValueError(f"unknown precond_solver {name!r}")
-    return optax.chain(clip_by_leaf_norm(clip_norm), solver)
+    return optax.chain(clip_by_group_norm(clip_norm, groups), solver)
 
 
 def _finite(tree):
@@ -141,13 +143,16 @@ def _finite(tree):
 
 
 def fit_blocks(problem: Problem, structure: str, start, *, steps: int, lr, solver="momentum", momentum=0.9,
-               clip_norm=5.0):
-    """``steps`` clipped solver steps on J(P) from ``start``; returns (blocks, costs per step)."""
-    opt = inner_solver(solver, lr, momentum, clip_norm)
+               clip_norm=5.0, layer_of=None):
+    """``steps`` clipped solver steps on J(P) from ``start``; returns (blocks, costs per step).
+
+    The clip acts on the reference's block arrays (``structures.clip_groups``): a diagonal block
+    is clipped per controlled layer (``layer_of``: see ``structures.layer_labels``)."""
+    opt = inner_solver(solver, lr, momentum, clip_norm, structures.clip_groups(structure, start, layer_of))
 
     def step(carry, _):
         blocks, opt_state = carry
-        value, grads = precond_cost_and_grad(problem, structure, blocks)
+        value, grads = precond_cost_and_grad(problem, structure, blocks, layer_of)
         updates, opt_state = opt.update(_finite(grads), opt_state, blocks)
         return (optax.apply_updates(blocks, updates), opt_state), value
 

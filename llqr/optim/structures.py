@@ -3,9 +3,16 @@
 P is block-diagonal over parameter leaves. A kernel leaf is viewed as a matrix X (m x n): Dense
 (in, out), Conv (kh*kw*cin, cout), attention query/key/value (emb, heads*head_dim), anything else
 of rank >= 2 (attention out, embeddings) as (prod(leading), last). Leaves of rank < 2 (biases,
-norm scales) get a diagonal vector in every family. ``scalar`` and ``dense`` act on a whole
-top-level layer (the reference's "controlled layer"). Applying the identity init returns g exactly
-(``kfac``: s*g, the reference's quirk, which the runner then divides by s).
+norm scales) get a diagonal vector in every family.
+
+A *controlled layer* is the reference's unit of P: one stage with parameters (a Conv, a BatchNorm,
+a Dense with its bias, an attention block). Our vision models hold one per top-level parameter
+group; a model whose groups are coarser (the Transformer) passes ``layer_of``, which names each
+leaf's layer from its path. ``scalar`` and ``dense`` hold one block per controlled layer. The
+reference's ``diagonal`` block is one vector over the whole flattened layer: we keep one vector per
+leaf (the same elementwise product) but the inner solver clips it per layer (``clip_groups``), as
+the reference clips its single vector. Applying the identity init returns g exactly (``kfac`` and
+``diag-kfac``: s*g, the reference's quirk of scaling both factors, which the runner divides by s).
 
 ``exact`` is ours, not the reference's: one matrix over all parameters, set at each fit to the
 exact (H_D + λI)^-1 by a dense solve (``llqr.optim.exact``) instead of being fitted; it is the
@@ -54,7 +61,7 @@ def _leaf_init(structure: str, leaf, s: float, path=()):
     if structure == "kfac":
         return {"A": _eye(m, s), "B": _eye(n, s)}
     if structure == "diag-kfac":
-        return {"a": jnp.full((m,), s, jnp.float32), "b": jnp.ones((n,), jnp.float32)}
+        return {"a": jnp.full((m,), s, jnp.float32), "b": jnp.full((n,), s, jnp.float32)}
     if structure == "e-kfac":
         return {"QA": _eye(m), "QG": _eye(n), "d": jnp.full((m, n), s, jnp.float32)}
     if structure == "psd-e-kfac":
@@ -96,16 +103,29 @@ def _leaf_apply(structure: str, block, g):
     return Y.reshape(g.shape)
 
 
-def _layers(params) -> dict:
-    """Top-level groups (the reference's controlled layers); a bare array is one layer."""
-    return params if isinstance(params, dict) else {"params": params}
+def layer_labels(params, layer_of=None):
+    """A pytree like ``params`` naming each leaf's controlled layer: ``layer_of(path names)``, by
+    default the top-level group (a bare array is one layer, ``"params"``)."""
+    if not isinstance(params, dict):
+        return jax.tree_util.tree_map(lambda _: "params", params)
+    name = layer_of or (lambda names: names[0])
+    return jax.tree_util.tree_map_with_path(lambda path, _: name(tuple(_path_names(path))), params)
+
+
+def _groups(tree, layer_of=None):
+    """(leaves, treedef, {layer: [leaf indices in flatten order]}) of ``tree``."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(jax.tree_util.tree_leaves(layer_labels(tree, layer_of))):
+        groups.setdefault(name, []).append(i)
+    return leaves, treedef, groups
 
 
 def num_params(params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
 
 
-def init_blocks(structure: str, params, scale: float = 1.0):
+def init_blocks(structure: str, params, scale: float = 1.0, layer_of=None):
     """Identity-initialised blocks for ``params`` (any pytree of arrays)."""
     if structure == "exact":
         n = num_params(params)
@@ -116,36 +136,62 @@ def init_blocks(structure: str, params, scale: float = 1.0):
                 f"diagonal here)")
         dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
         return {"P": _eye(n, scale, dtype)}
-    if structure == "scalar":
-        return {k: jnp.asarray(scale, jnp.result_type(*jax.tree_util.tree_leaves(v))) for k, v in _layers(params).items()}
-    if structure == "dense":
+    if structure in ("scalar", "dense"):
+        leaves, _, groups = _groups(params, layer_of)
         out = {}
-        for k, layer in _layers(params).items():
-            out[k] = _eye(num_params(layer), scale, jnp.result_type(*jax.tree_util.tree_leaves(layer)))
+        for name, idx in groups.items():
+            dtype = jnp.result_type(*(leaves[i] for i in idx))
+            size = sum(int(np.prod(leaves[i].shape)) for i in idx)
+            out[name] = jnp.asarray(scale, dtype) if structure == "scalar" else _eye(size, scale, dtype)
         return out
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: jax.tree_util.tree_map(lambda b: b.astype(leaf.dtype),
                                                   _leaf_init(structure, leaf, scale, path)), params)
 
 
-def apply_blocks(structure: str, blocks, tree):
+def _apply_per_layer(structure: str, blocks, tree, layer_of):
+    leaves, treedef, groups = _groups(tree, layer_of)
+    out = list(leaves)
+    for name, idx in groups.items():
+        if structure == "scalar":
+            for i in idx:
+                out[i] = blocks[name] * leaves[i]
+            continue
+        flat = blocks[name] @ jnp.concatenate([jnp.ravel(leaves[i]) for i in idx])
+        offset = 0
+        for i in idx:
+            size = int(np.prod(leaves[i].shape))
+            out[i] = flat[offset:offset + size].reshape(leaves[i].shape)
+            offset += size
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _is_block(x) -> bool:
+    return isinstance(x, dict) and all(not isinstance(v, dict) for v in x.values())
+
+
+def apply_blocks(structure: str, blocks, tree, layer_of=None):
     """P @ tree (undivided by the identity scaling)."""
     if structure == "exact":
         flat, unravel = jax.flatten_util.ravel_pytree(tree)
         return unravel(blocks["P"] @ flat)
-    if structure == "scalar":
-        layers = _layers(tree)
-        out = {k: jax.tree_util.tree_map(lambda x, k=k: blocks[k] * x, v) for k, v in layers.items()}
-        return out if isinstance(tree, dict) else out["params"]
-    if structure == "dense":
-        layers = _layers(tree)
-        out = {}
-        for k, layer in layers.items():
-            flat, unravel = jax.flatten_util.ravel_pytree(layer)
-            out[k] = unravel(blocks[k] @ flat)
-        return out if isinstance(tree, dict) else out["params"]
-    is_block = lambda x: isinstance(x, dict) and all(not isinstance(v, dict) for v in x.values())  # noqa: E731
-    return jax.tree_util.tree_map(lambda b, g: _leaf_apply(structure, b, g), blocks, tree, is_leaf=is_block)
+    if structure in ("scalar", "dense"):
+        return _apply_per_layer(structure, blocks, tree, layer_of)
+    return jax.tree_util.tree_map(lambda b, g: _leaf_apply(structure, b, g), blocks, tree, is_leaf=_is_block)
+
+
+def clip_groups(structure: str, blocks, layer_of=None):
+    """The group of every block array for the inner solver's norm clip, a pytree like ``blocks``.
+
+    The reference clips each of its block arrays separately. Those are ours too, except for
+    ``diagonal``: its one vector per controlled layer is our per-leaf ``d`` vectors of that layer,
+    which therefore share one group (one clip factor for kernel, bias and norm scales together).
+    """
+    if structure == "diagonal":
+        labels = layer_labels(jax.tree_util.tree_map(lambda b: b["d"], blocks, is_leaf=_is_block), layer_of)
+        return jax.tree_util.tree_map(lambda name, b: {"d": name}, labels, blocks)
+    leaves, treedef = jax.tree_util.tree_flatten(blocks)
+    return jax.tree_util.tree_unflatten(treedef, list(range(len(leaves))))
 
 
 def clamp_blocks(structure: str, blocks, allow_grad_inversion: bool):

@@ -22,19 +22,23 @@ class LLQRState(NamedTuple):
     fits: jnp.ndarray  # how many fitted blocks have been swapped in
 
 
-def precondition(structure: str, blocks, tree, identity_scale: float = 1.0):
+def precondition(structure: str, blocks, tree, identity_scale: float = 1.0, layer_of=None):
     """P·tree as applied in training: the block product divided by the identity scaling s."""
-    out = apply_blocks(structure, blocks, tree)
+    out = apply_blocks(structure, blocks, tree, layer_of)
     return out if identity_scale == 1.0 else jax.tree_util.tree_map(lambda x: x / identity_scale, out)
 
 
-def scale_by_llqr(structure: str = "diagonal", identity_scale: float = 1.0) -> optax.GradientTransformation:
+def scale_by_llqr(structure: str = "diagonal", identity_scale: float = 1.0,
+                  layer_of=None) -> optax.GradientTransformation:
+    """``layer_of``: each parameter's controlled layer, where not its top-level group
+    (``llqr.optim.structures.layer_labels``)."""
+
     def init(params):
-        return LLQRState(init_blocks(structure, params, identity_scale), jnp.zeros([], jnp.int32))
+        return LLQRState(init_blocks(structure, params, identity_scale, layer_of), jnp.zeros([], jnp.int32))
 
     def update(updates, state, params=None):
         del params
-        return precondition(structure, state.blocks, updates, identity_scale), state
+        return precondition(structure, state.blocks, updates, identity_scale, layer_of), state
 
     return optax.GradientTransformation(init, update)
 

@@ -29,7 +29,7 @@ from ..config import RunConfig
 from ..data import DataError, dataset_dir, load_dataset
 from ..data.stream import BatchStream
 from ..matrix import config_hash
-from ..models import build_model
+from ..models import build_model, layer_of
 from ..optim import block_stats, get_blocks, make_llqr_fit, precondition, sam, scale_by_llqr, set_blocks, svag
 from ..config.fields import KRONECKER_OPTIMIZERS
 from ..optim.capture import kronecker_factors
@@ -129,7 +129,8 @@ def build_update_chain(cfg: RunConfig, lr) -> tuple[optax.GradientTransformation
     main_tx = build_main_tx(cfg, lr)
     if not cfg.use_preconditioner:
         return main_tx, main_tx
-    return optax.chain(scale_by_llqr(cfg.block_structure, cfg.precond_identity_scaling), main_tx), main_tx
+    llqr = scale_by_llqr(cfg.block_structure, cfg.precond_identity_scaling, layer_of(cfg.model))
+    return optax.chain(llqr, main_tx), main_tx
 
 
 def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
@@ -209,7 +210,7 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
         if not cfg.use_preconditioner:
             return lambda v: v if scale == 1.0 else jax.tree_util.tree_map(lambda x: x / scale, v)
         blocks = get_blocks(opt_state)
-        return lambda v: precondition(cfg.block_structure, blocks, v, scale)
+        return lambda v: precondition(cfg.block_structure, blocks, v, scale, layer_of(cfg.model))
 
     def train_step(state, xs, ys, coeffs=None, ws=None, with_factors=False):
         """One update; ``with_factors`` (Kronecker optimizers, every T steps) also captures the
@@ -273,7 +274,7 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
         # padded target positions (prev_output is pad exactly there) add no divergence curvature
         return jnp.where((x[1] != pad)[..., None], out, 0.0)
 
-    fit = make_llqr_fit(fit_log_probs, cfg, ignore_index=pad)
+    fit = make_llqr_fit(fit_log_probs, cfg, ignore_index=pad, layer_of=layer_of(cfg.model))
     sam_jit = jax.jit(sam_step, donate_argnums=0) if mode is not None else None
     step_jit = jax.jit(train_step, donate_argnums=0, static_argnames="with_factors")
     return step_jit, sam_jit, jax.jit(eval_sums), jax.jit(train_accuracy), fit
