@@ -67,15 +67,31 @@ def test_design_conventions_hold_in_every_paper_cell(paper):
             elif e.labels["llqr"] == "on":
                 assert c["use_preconditioner"] and c["sam_use_preconditioner_on_update"]
                 assert c["perturb_mode"] == "ema_precond_grad"
-                if name == "llqr_sam_imagenet":
-                    assert c["perturbation_rho"] == 0.075
-                    # gbar_beta is read by base_fsam only; elsewhere it is inert and normalised away
-                    assert c["gbar_beta"] == (0.6 if c["sam_mode"] == "base_fsam" else 0.9)
             else:
                 assert not c["use_preconditioner"] and not c["sam_use_preconditioner_on_update"]
+            if name == "llqr_sam_imagenet" and c["sam_mode"] != "fisher_sam":
+                # the guide's ImageNet ablation: rho/gbar_beta the same with LLQR on and off
+                assert c["perturbation_rho"] == 0.075
+                # gbar_beta is read by base_fsam only; elsewhere it is inert and normalised away
+                assert c["gbar_beta"] == (0.6 if c["sam_mode"] == "base_fsam" else 0.9)
     for cid in paper.surfaces["llqr_large_batch"].cell_ids:
         c = paper.cells[cid].config
         assert c["llqr_batch_update_mode"] == "chunked_lqr_segment" and c["llqr_batch_update_chunk_size"] == 128
+
+
+def test_imagenet_sam_ablation_toggles_the_preconditioner_alone(paper):
+    surf = paper.surfaces["llqr_sam_imagenet"]
+    pairs = {}
+    for e in surf.entries:
+        if e.labels["sam"] != "fisher_sam":
+            c = paper.cells[e.cell_id].config
+            pairs.setdefault((e.preset, e.labels["sam"], e.labels["pair"]), {})[e.labels["llqr"]] = c
+    assert len(pairs) == 2 * 2 * 2
+    toggle = {"use_preconditioner", "sam_use_preconditioner_on_update", "perturb_mode",
+              "divergence", "ema_decay"}  # the LLQR block (the pair's keys are inert with LLQR off)
+    for both in pairs.values():
+        on, off = both["on"], both["off"]
+        assert {k for k in on if on[k] != off.get(k)} <= toggle
 
 
 def test_inert_toggle_collapses_to_one_trained_cell(paper):
