@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .config import FIELDS, PRECOND_KEYS, SAM_KEYS, SCHEDULE_FAMILIES, ConfigError
-from .config.fields import DATASET_ONLY_KEYS, MODEL_ONLY_KEYS, NOISE_KEYS, OPTIMIZER_ONLY_KEYS
+from .config.fields import DATASET_ONLY_KEYS, INERT_KEYS, MODEL_ONLY_KEYS, NOISE_KEYS, OPTIMIZER_ONLY_KEYS
 from .config.presets import apply_overrides, build_config, load_preset
 from .tune.space import check_space, corners
 
@@ -215,6 +215,8 @@ def _fmt_schedule(sched: dict) -> str:
 def normalise(config: dict, base: dict) -> dict:
     """Reset keys that cannot change the run to the preset's values, so equal runs share an id."""
     out = dict(config)
+    for key in INERT_KEYS:
+        out[key] = base[key]
     if not out["use_preconditioner"]:
         inert = set(PRECOND_KEYS)
         if out["precond_identity_scaling"] != 1.0:

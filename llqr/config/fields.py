@@ -135,7 +135,9 @@ class RunConfig:
                               doc="Ours: shard each batch over all local devices (the job's GPUs), state replicated.")
     precision: str = opt("fp32", "str", choices=("fp32", "bf16"),
                          doc="Ours: bf16 keeps params, activations and optimizer state in bfloat16 (loss in fp32).")
-    normalize_conv_params: bool = opt(False, "bool")
+    normalize_conv_params: bool = opt(False, "bool",
+                                      doc="Rescale every rank-4 (conv) kernel to L2 norm sqrt(size) before each "
+                                          "update is added (the reference's trick; off in every preset).")
     lr_scheduler: dict = sched("constant", "Learning-rate schedule.")
     # --- seeds -----------------------------------------------------------------------
     init_key: int = opt(42, "int", minimum=0, doc="Parameter-init seed; the seed varied across cells.")
@@ -177,8 +179,13 @@ class RunConfig:
     llqr_batch_update_chunk_size: int = opt(None, "int", gt=0, nullable=True)
     llqr_second_order_mode: str = opt("batched_exact", "str", choices=("batched_exact", "sample_separable_exact"))
     llqr_second_order_chunk_size: int = opt(None, "int", gt=0, nullable=True)
-    llqr_use_fast_paths: bool = opt(True, "bool")
-    measure_asymmetry: bool = opt(False, "bool")
+    llqr_use_fast_paths: bool = opt(
+        True, "bool", doc="Accepted for the reference's configs and inert here (it never splits cells): the "
+                          "reference's exact shortcut for stages with zero Hessian blocks; our one global "
+                          "curvature product never forms those blocks, so there is nothing to skip.")
+    measure_asymmetry: bool = opt(False, "bool",
+                                  doc="Log, at every fit, how far P's square block matrices are from symmetric "
+                                      "(Frobenius and spectral skew ratios, per layer and averaged).")
     precond_lr_scheduler: dict = sched("constant", "Multiplier on the preconditioner solver's lr.")
     ema_scheduler: dict = sched("constant", "Schedule of ema_decay.")
     precond_update_scheduler: dict = sched("constant", "Schedule of update_preconditioner_every.")
@@ -253,6 +260,9 @@ MODEL_ONLY_KEYS = {"mlp_hidden": ("mlp", "si_mlp"), "wrn_layout": ("wide_resnet2
                    **{k: ("transformer_iwslt",) for k in TRANSFORMER_KEYS}}
 NOISE_KEYS = {"svag_l": ("svag",), "svag_variant": ("svag",), "noisy_gd_examples": ("noisy_gd",)}
 OPTIMIZER_ONLY_KEYS = {"singd_structure": ("singd",), "lr_cov": ("singd", "ikfac"), "singd_alpha1": ("singd",),
+# Keys accepted for the reference's configs that cannot change a run here (llqr.matrix.normalise
+# resets them, so they never split cells).
+INERT_KEYS = frozenset({"llqr_use_fast_paths"})
                        "kfac_ema": ("kfac",), "prodigy_d_coef": ("prodigy",),
                        **{k: KRONECKER_OPTIMIZERS for k in ("factor_update_every",
                                                                                "factor_damping")}}

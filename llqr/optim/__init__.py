@@ -3,7 +3,7 @@
 from . import sam
 from .fit import make_llqr_fit
 from .lqr import Problem, fit_blocks, lqr_cost, make_problem, precond_cost_and_grad
-from .structures import FAMILIES, apply_blocks, block_stats, init_blocks
+from .structures import FAMILIES, apply_blocks, block_skews, block_stats, init_blocks
 from .transform import LLQRState, get_blocks, precondition, scale_by_llqr, set_blocks
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "LLQRState",
     "Problem",
     "apply_blocks",
+    "block_skews",
     "block_stats",
     "fit_blocks",
     "get_blocks",

@@ -216,6 +216,43 @@ def block_stats(blocks) -> dict:
     return stats
 
 
+def _spectral_norm(M, iters: int = 25):
+    """Largest singular value by power iteration on MᵀM from the all-ones vector (deterministic)."""
+    v = jnp.ones((M.shape[1],), M.dtype) / np.sqrt(M.shape[1])
+    for _ in range(iters):
+        v = M.T @ (M @ v)
+        v = v / (jnp.linalg.norm(v) + 1e-12)
+    return jnp.linalg.norm(M @ v)
+
+
+@jax.jit
+def _skew(a):
+    skew = a - a.T
+    return (jnp.linalg.norm(skew) / (jnp.linalg.norm(a + a.T) + 1e-12),
+            _spectral_norm(skew) / (_spectral_norm(a) + 1e-12))
+
+
+def block_skews(blocks) -> dict:
+    """How far P's square block matrices are from symmetric (``measure_asymmetry``), as the
+    reference logs it: per matrix ‖S‖_F/‖H‖_F (S, H its skew and symmetric parts) and
+    ‖A − Aᵀ‖₂/‖A‖₂; averaged over each top-level layer's matrices and over all of them (0 where
+    the structure has none, e.g. diagonal)."""
+    out, frob_all, spec_all = {}, [], []
+    for name, layer in (blocks.items() if isinstance(blocks, dict) else [("params", blocks)]):
+        mats = [a for a in jax.tree_util.tree_leaves(layer) if a.ndim == 2 and a.shape[0] == a.shape[1]]
+        if not mats:
+            continue
+        pairs = [_skew(a) for a in mats]
+        frob, spec = [float(f) for f, _ in pairs], [float(s) for _, s in pairs]
+        out[f"precond_skew_frob/{name}"] = float(np.mean(frob))
+        out[f"precond_skew_spectral/{name}"] = float(np.mean(spec))
+        frob_all += frob
+        spec_all += spec
+    out["precond_skew_frob"] = float(np.mean(frob_all)) if frob_all else 0.0
+    out["precond_skew_spectral"] = float(np.mean(spec_all)) if spec_all else 0.0
+    return out
+
+
 # Public aliases for the kernel matrix view and path naming, shared with ``llqr.optim.singd``.
 as_matrix_shape = _as_matrix_shape
 path_names = _path_names

@@ -30,7 +30,7 @@ from ..data import DataError, dataset_dir, load_dataset
 from ..data.stream import BatchStream
 from ..matrix import config_hash
 from ..models import build_model, layer_of
-from ..optim import block_stats, get_blocks, make_llqr_fit, precondition, sam, scale_by_llqr, set_blocks, svag
+from ..optim import block_skews, block_stats, get_blocks, make_llqr_fit, precondition, sam, scale_by_llqr, set_blocks, svag
 from ..config.fields import KRONECKER_OPTIMIZERS
 from ..optim.capture import kronecker_factors
 from ..optim.divergences import RESEARCH_ONLY
@@ -40,7 +40,7 @@ from .evaluators import ClassificationEval, periodic
 from .noise import NoiseProbe, NoiseWeights
 from .parallel import Placement
 from .losses import accuracy_percent, eval_sums as loss_sums, smoothed_cross_entropy
-from .optimizers import build_main_tx
+from .optimizers import apply_updates, build_main_tx
 from .schedules import build_schedule
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: the workflow's retry resubmits and the run resumes
@@ -228,7 +228,7 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
             updates, opt_state = tx.update(grads, state["opt_state"], params, factors=factors)
         else:
             updates, opt_state = llqr_update(grads, state["opt_state"], params)
-        new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state)
+        new = dict(state, params=apply_updates(cfg, params, updates), opt_state=opt_state)
         new.update(batch_stats=batch_stats, dropout_key=dropout_key)
         return new, loss
 
@@ -257,7 +257,7 @@ def _make_fns(model, tx, cfg: RunConfig, main_tx=None, pad: int | None = None):
         updates, opt_state = outer(g_p, state["opt_state"], params)
         new_buffers = sam.update_buffers(mode, buffers, g_c=g_c, g_p=g_p, beta=cfg.gbar_beta,
                                          perturb_mode=cfg.perturb_mode, gbar_eps=cfg.gbar_eps)
-        new = dict(state, params=optax.apply_updates(params, updates), opt_state=opt_state, sam=new_buffers)
+        new = dict(state, params=apply_updates(cfg, params, updates), opt_state=opt_state, sam=new_buffers)
         new.update(batch_stats=batch_stats, dropout_key=dropout_key)
         return new, loss
 
@@ -560,7 +560,8 @@ def run(
                         float(precond_lr(step)), float(ema(step)))
                     state = dict(state, opt_state=set_blocks(state["opt_state"], blocks))
                     event = {"event": "precond", "step": step, "elapsed_s": round(elapsed(), 3),
-                             "lqr_cost_first": float(cost0), "lqr_cost_last": float(cost1), **block_stats(blocks)}
+                             "lqr_cost_first": float(cost0), "lqr_cost_last": float(cost1), **block_stats(blocks),
+                             **(block_skews(blocks) if cfg.measure_asymmetry else {})}
                     log.write(event)
                     timer.exclude(time.perf_counter() - t_fit)
                 if cfg.noise == "noisy_gd":  # the same fixed subset every step, freshly reweighted

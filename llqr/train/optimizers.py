@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 import optax.contrib
 
@@ -18,6 +20,25 @@ def decay_mask(params, excluded: list[str] | None):
         return not any(sub in part for sub in excluded for part in parts)
 
     return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def normalize_conv_kernels(params):
+    """The reference's ``normalize_conv_params`` trick: every parameter of rank >= 4 (conv kernels)
+    rescaled to L2 norm sqrt(size) before the step's update is added (the update itself is
+    computed at the unnormalised parameters, as there)."""
+
+    def leaf(p):
+        if p.ndim < 4:
+            return p
+        norm = jnp.sqrt(jnp.sum(jnp.square(p.astype(jnp.float32))))
+        return (p * (np.sqrt(p.size) / jnp.maximum(norm, 1e-8))).astype(p.dtype)
+
+    return jax.tree_util.tree_map(leaf, params)
+
+
+def apply_updates(cfg, params, updates):
+    """params + updates, with the conv kernels renormalised first when ``normalize_conv_params``."""
+    return optax.apply_updates(normalize_conv_kernels(params) if cfg.normalize_conv_params else params, updates)
 
 
 def build_main_tx(cfg, lr_schedule) -> optax.GradientTransformation:
