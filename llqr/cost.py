@@ -28,7 +28,12 @@ def batches_per_epoch(config: dict) -> float:
     if dataset in TRANSLATION_PAIRS:
         pairs, length = TRANSLATION_PAIRS[dataset]
         return max(1.0, pairs * length / (config.get("max_tokens") or 4096))
-    size = TRAIN_SIZES[dataset] * (config.get("train_fraction") or 1.0)
+    if dataset == "mod_sum":  # its size follows the modulus: the training share of the p² pairs
+        from .data.modular import train_count
+
+        size = train_count(config.get("modulus") or 97)
+    else:
+        size = TRAIN_SIZES[dataset] * (config.get("train_fraction") or 1.0)
     return max(1.0, round(size) / config["batch_size"])
 
 

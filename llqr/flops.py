@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # Model input per example, by dataset (the loaders' shapes; ImageNet at the 224 training crop).
 INPUT_SHAPES = {"digits": (8, 8), "mnist": (28, 28), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
-                "imagenet": (224, 224, 3)}
+                "imagenet": (224, 224, 3), "mod_sum": (4,)}
 NUM_CLASSES = {"cifar100": 100, "imagenet": 1000}
 # Source and target dictionary sizes for the FLOP count of a translation model.
 VOCABS = {"iwslt14_de_en": (8848, 6632), "synth_de_en": (512, 512)}
@@ -31,7 +31,8 @@ def forward_flops(cfg) -> tuple[float, float]:
         inputs = ((src, src),)  # the model takes one (source, previous target) pair
         per_batch = (cfg.max_tokens or 4096) / PAIR_LENGTH
     else:
-        model = build_model(cfg, num_classes=NUM_CLASSES.get(cfg.dataset, 10))
+        classes = cfg.modulus if cfg.dataset == "mod_sum" else NUM_CLASSES.get(cfg.dataset, 10)
+        model = build_model(cfg, num_classes=classes)
         inputs = (jax.ShapeDtypeStruct((1, *INPUT_SHAPES[cfg.dataset]), jnp.float32),)
         per_batch = cfg.batch_size
     variables = jax.eval_shape(lambda k, *x: model.init(k, *x, train=False), jax.random.PRNGKey(0), *inputs)

@@ -72,6 +72,8 @@ def dataset_inputs(dataset):
 def config_inputs(run_config):
     if run_config["dataset_dir"]:  # the user points at prepared data themselves
         return []
+    if run_config["dataset"] == "mod_sum":  # one file per modulus (rule prepare_modular)
+        return [f"{DATA}/mod_sum/p{run_config.get('modulus', 97)}.npz"]
     return dataset_inputs(run_config["dataset"])
 
 

@@ -13,6 +13,21 @@ rule prepare_digits:
         "../workflow_scripts/prepare_digits.py"
 
 
+# The grokking task's equations, generated (no download): a + b mod p, split 60/40 by a fixed seed.
+rule prepare_modular:
+    output:
+        f"{DATA}/mod_sum/p{{p}}.npz",
+    wildcard_constraints:
+        p=r"\d+",
+    log:
+        "logs/data/prepare_modular_p{p}.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/prepare_modular.py"
+
+
 rule fetch_raw:
     output:
         f"{DATA}/{{dataset}}/raw/{{file}}",

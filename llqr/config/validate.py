@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 
-from .fields import FIELDS, KRONECKER_OPTIMIZERS, TRANSLATION_DATASETS
+from .fields import FIELDS, KRONECKER_OPTIMIZERS, MODULAR_DATASETS, TRANSLATION_DATASETS
 from .schedule_families import HYPERBOLIC_FAMILIES, SCHEDULE_FAMILIES, default_schedule
 
 
@@ -262,3 +262,14 @@ def check_combinations(cfg: dict) -> None:
         raise ConfigError(f"attention_heads={cfg['attention_heads']} must divide embed_dim={cfg['embed_dim']}")
     if translation and cfg["grad_acc_steps"] != 1:
         raise ConfigError("translation batches differ in shape, so grad_acc_steps must be 1 with a translation dataset")
+    check_modular(cfg)
+
+
+def check_modular(cfg: dict) -> None:
+    """The grokking transformer reads the modular-arithmetic tokens, and only it can."""
+    modular = cfg["dataset"] in MODULAR_DATASETS
+    if modular != (cfg["model"] == "grok_transformer"):
+        raise ConfigError(f"model grok_transformer and the modular datasets ({', '.join(MODULAR_DATASETS)}) go "
+                          f"together (got model={cfg['model']}, dataset={cfg['dataset']})")
+    if cfg["model"] == "grok_transformer" and cfg["grok_dim"] % 4:
+        raise ConfigError(f"grok_dim={cfg['grok_dim']} must be a multiple of the grok_transformer's 4 heads")

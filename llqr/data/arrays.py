@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -56,5 +58,22 @@ def save_npz_atomic(path: Path, **arrays) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file handle, so numpy does not append ".npz" to the temp name
             np.savez_compressed(fh, **arrays)
+
+    write_atomic(path, write)
+
+
+def save_npz_reproducible(path: Path, **arrays) -> None:
+    """Like ``save_npz_atomic``, but the same arrays give the same bytes: numpy stamps each zip
+    member with the current time, here every member gets a fixed date (for generated datasets
+    whose file should not change when the rule runs again)."""
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, value in arrays.items():
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, buffer.getvalue())
 
     write_atomic(path, write)

@@ -14,7 +14,7 @@ class ModelNotAvailable(RuntimeError):
 
 
 AVAILABLE = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "transformer_iwslt",
-             "preresnet32", "vgg16", "vgg19", "si_mlp", "simple_cnn", "simple_vit")
+             "preresnet32", "vgg16", "vgg19", "si_mlp", "simple_cnn", "simple_vit", "vit_ti16", "grok_transformer")
 
 
 def layer_of(name: str):
@@ -31,7 +31,8 @@ def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
     """The model ``cfg.model`` with ``num_classes`` outputs (``vocab``: source and target
     dictionary sizes of a translation model).
 
-    ``dropout_rate`` reaches the MLP and the wide ResNet (reference: 0); resnet18, resnet50 and
+    ``dropout_rate`` reaches the MLP, the wide ResNet (reference: 0) and ViT-Ti/16 (all four of its
+    dropouts, attention included; reference: 0.1); resnet18, resnet50 and
     pyramidnet110 have no dropout layer; vgg16bn's two dropouts are fixed at the reference's 0.5,
     so a non-zero ``dropout_rate`` there is a ConfigError rather than silently ignored.
     """
@@ -96,6 +97,18 @@ def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
         from .study_vit import SimpleViT
 
         return SimpleViT(num_classes=num_classes)
+    if name == "vit_ti16":
+        from .vit import ViT
+
+        # the reference's patch choice: 4x4 on CIFAR (10 or 100 classes), 16x16 on ImageNet
+        return ViT(num_classes=num_classes, patch=16 if num_classes == 1000 else 4, dropout_rate=cfg.dropout_rate,
+                   attention_dropout_rate=cfg.dropout_rate)
+    if name == "grok_transformer":
+        from .grok_transformer import GrokTransformer
+
+        # the vocabulary is the K residues plus the op and = tokens
+        return GrokTransformer(num_classes=num_classes, vocab=num_classes + 2, dim=cfg.grok_dim, depth=cfg.grok_depth,
+                               heads=4, head_dim=cfg.grok_dim // 4, mlp_dim=4 * cfg.grok_dim)
     raise ModelNotAvailable(
         f"model '{name}' (preset '{cfg.preset}') is not implemented in this version of llqr; "
         f"available models: {', '.join(AVAILABLE)}. The workflow still lists its cells (snakemake -n)."
