@@ -60,7 +60,7 @@ def raw_archive(name):
 def dataset_inputs(dataset):
     if dataset == "digits":
         return [f"{DATA}/digits/digits.npz"]
-    if dataset in ("cifar10", "cifar100"):
+    if dataset in ("mnist", "cifar10", "cifar100"):
         return [raw_archive(dataset)]
     if dataset in TRANSLATION_CORPORA:  # prepared by rules/iwslt.smk
         return [f"{DATA}/{dataset}/iwslt14.tokenized.de-en.tar.gz", f"{DATA}/{dataset}/numeric/metadata.json"]

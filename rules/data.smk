@@ -32,7 +32,7 @@ rule fetch_raw:
     output:
         f"{DATA}/{{dataset}}/raw/{{file}}",
     wildcard_constraints:
-        dataset="|".join(("cifar10", "cifar100") + TRANSLATION_CORPORA),
+        dataset="|".join(("mnist", "cifar10", "cifar100") + TRANSLATION_CORPORA),
     params:
         source=lambda wc: config["data_sources"][wc.dataset],
     log:

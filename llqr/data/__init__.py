@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import DataError
 
-READY = ("digits", "cifar10", "cifar100", "imagenet", "iwslt14_de_en", "synth_de_en", "mod_sum")
+READY = ("digits", "mnist", "cifar10", "cifar100", "imagenet", "iwslt14_de_en", "synth_de_en", "mod_sum")
 TRANSLATION_ARCHIVE = "iwslt14.tokenized.de-en.tar.gz"  # rules/iwslt.smk: iwslt_pack
 NUMERIC_CACHE = "numeric"  # rules/iwslt.smk: iwslt_cache
 
@@ -50,6 +50,10 @@ def _load_full(cfg, data_root, prepare_missing):
         if prepare_missing and not (directory / modular.filename(cfg.modulus)).exists():
             modular.prepare(directory / modular.filename(cfg.modulus), cfg.modulus)
         return modular.load(directory, cfg.modulus)
+    if cfg.dataset == "mnist":
+        from . import mnist
+
+        return mnist.load(directory)
     if cfg.dataset in ("cifar10", "cifar100"):
         from . import cifar
 

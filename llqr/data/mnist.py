@@ -1,0 +1,60 @@
+"""MNIST (28x28 grey digits, 60,000 train / 10,000 test) from the checksummed ``mnist.npz``.
+
+The reference reads MNIST through TFDS; we fetch the same images as one NumPy archive (arrays
+``x_train``/``y_train``/``x_test``/``y_test``, uint8) by the workflow's ``fetch_raw`` rule and
+normalise as the reference does: pixels / 255, then (x - 0.1307) / 0.3081, no augmentation.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .arrays import ArrayDataset
+from .errors import DataError
+
+FILENAME = "mnist.npz"
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+MEAN, STD = 0.1307, 0.3081
+
+
+def find_source(directory: Path) -> Path:
+    for candidate in (directory / "raw" / FILENAME, directory / FILENAME):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"no MNIST data in {directory}: expected {directory / 'raw' / FILENAME} (the workflow fetches "
+                    f"it; offline, copy mnist.npz there or set data_sources.mnist.local)")
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    return ((images.astype(np.float32) / 255.0 - MEAN) / STD)[..., None]  # (N, 28, 28, 1)
+
+
+def load(directory: Path) -> ArrayDataset:
+    path = find_source(Path(directory))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in KEYS if k not in data.files]
+            if missing:
+                raise DataError(f"{path} is not an MNIST archive: missing arrays {missing}")
+            arrays = {k: data[k] for k in KEYS}
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path} is corrupt ({exc}); delete it and fetch it again") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y) or len(y) == 0:
+            raise DataError(f"{path}: {split} arrays have unexpected shapes {x.shape} / {y.shape}")
+        if y.min() < 0 or y.max() > 9:
+            raise DataError(f"{path}: {split} labels outside 0..9")
+    return ArrayDataset(
+        name="mnist",
+        path=str(path),
+        x_train=normalize(arrays["x_train"]),
+        y_train=arrays["y_train"].astype(np.int32),
+        x_test=normalize(arrays["x_test"]),
+        y_test=arrays["y_test"].astype(np.int32),
+        num_classes=10,
+    )
