@@ -1,5 +1,6 @@
 # llqr-workflow: the LLQR papers' results as dependency-tracked targets.
-#   snakemake --cores all                                      -> the demo surfaces (default)
+#   snakemake --cores all                                      -> the demo tour (default)
+#   snakemake --cores all demo_extra                           -> every other demo surface
 #   snakemake -n paper --configfile config/paper.yaml          -> preview the paper matrix
 #   snakemake --profile profiles/slurm paper --configfile config/paper.yaml
 import os
@@ -34,6 +35,12 @@ rule all:
 rule demo:
     input:
         surface_targets("demo"),
+
+
+# A small version of every other family (companion studies, translation, exact vs relaxed, ...).
+rule demo_extra:
+    input:
+        surface_targets("demo_extra"),
 
 
 rule paper:

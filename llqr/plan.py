@@ -6,7 +6,7 @@
     python -m llqr.plan calibrate results/cells/<cell> [...] [--write]   measured step times
     python -m llqr.plan estimate --configfile config/paper.yaml [--write] FLOP-based step times
 
-Targets are groups (demo, paper, studies), surface names, or ``all``; the default is the demo, as
+Targets are groups (demo, demo_extra, paper, studies), surface names, or ``all``; the default is the demo, as
 for ``snakemake``. Steps come from each cell's config and the dataset sizes, seconds per step from
 config/step_times.yaml (per preset, measured or estimated, each entry saying which), and resources
 from the workflow config exactly as the train rule gets them. Tuning studies are priced as their
@@ -26,7 +26,7 @@ from .matrix import expand, load_workflow_config
 from .resources import preset_resources, resource
 
 REPO = Path(__file__).resolve().parents[1]
-GROUPS = ("demo", "paper", "studies")
+GROUPS = ("demo", "demo_extra", "paper", "studies")
 
 
 def _config(files) -> dict:
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
         return estimate(p.parse_args(argv[1:]))
     p = argparse.ArgumentParser(prog="python -m llqr.plan", parents=[common], description=__doc__.splitlines()[0],
                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("targets", nargs="*", help="groups (demo, paper, studies), surfaces, or all; default: demo")
+    p.add_argument("targets", nargs="*", help="groups (demo, demo_extra, paper, studies), surfaces, or all; default: demo")
     p.add_argument("--summary", action="store_true", help="one line per surface, no cell rows")
     p.add_argument("--json", default=None, help="also write the whole plan as JSON")
     return preview(p.parse_args(argv))
