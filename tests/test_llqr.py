@@ -259,3 +259,86 @@ def test_attention_embedding_and_norm_leaves_get_their_matrix_views_and_fit():
         fitted, costs = fit(params, init_blocks(structure, params))
         assert all(bool(jnp.all(jnp.isfinite(b))) for b in jax.tree_util.tree_leaves(fitted)), structure
         assert float(costs[-1]) <= float(costs[0]), structure
+
+
+class Seq2Seq(nn.Module):
+    """(source features, target tokens) -> per-position log-probs (N, T, 4): a tuple input and an
+    extra position axis, as the translation model's fit."""
+
+    @nn.compact
+    def __call__(self, x):
+        source, target = x
+        h = jnp.tanh(nn.Dense(6)(source))[:, None, :] + nn.Embed(5, 6)(target)
+        return nn.log_softmax(nn.Dense(4)(jnp.tanh(h)))
+
+
+@pytest.mark.parametrize("divergence", ["newton", "ngd"])
+def test_chunks_that_do_not_divide_the_batch_give_the_whole_batch_p(divergence):
+    """Fit batch 8 in chunks of 3 (3 + 3 + 2), on tuple inputs with padded positions that leave the
+    loss (ignore_index) and whose log-prob rows are zeroed, as the runner's fit: the same P as the
+    whole batch, so the chunks' loss weights count loss terms, not examples."""
+    from llqr.config import build_config
+    from llqr.optim import make_llqr_fit
+
+    pad, n, length = 0, 8, 5
+    ks, kt, ky, kp = jax.random.split(jax.random.PRNGKey(3), 4)
+    lengths = jnp.array([5, 1, 2, 5, 3, 4, 1, 2])  # real positions per example: chunks hold 8, 12 and 3
+    real = jnp.arange(length)[None, :] < lengths[:, None]
+    target = jnp.where(real, jax.random.randint(kt, (n, length), 1, 5), pad)
+    y = jnp.where(real, jax.random.randint(ky, (n, length), 1, 4), pad)
+    x = (jax.random.normal(ks, (n, 3), jnp.float64), target)
+    model = Seq2Seq()
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), model.init(kp, x)["params"])
+
+    def log_probs(p, bs, xc):
+        return jnp.where((xc[1] != pad)[..., None], model.apply({"params": p}, xc), 0.0)
+
+    start = init_blocks("diagonal", params)
+    fits = {}
+    for name, route in {"whole": {}, "cached_chunks": {"llqr_batch_update_mode": "chunked_lqr_segment",
+                                                        "llqr_batch_update_chunk_size": 3},
+                        "separable": {"llqr_operator_mode": "lowmem_exact_full",
+                                      "llqr_second_order_mode": "sample_separable_exact",
+                                      "llqr_second_order_chunk_size": 3}}.items():
+        cfg = build_config({**route, "block_structure": "diagonal", "divergence": divergence, "damping": 0.1,
+                            "precond_steps": 5, "warm_start_precond": True})
+        fits[name] = make_llqr_fit(log_probs, cfg, ignore_index=pad)(start, params, {}, x, y, 0.05, 0.0)
+    (want, first, last) = fits.pop("whole")
+    assert last < first and max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+        jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(start))) > 0.01  # the fit moved P
+    for name, (got, got_first, got_last) in fits.items():
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14, err_msg=name)
+        np.testing.assert_allclose([got_first, got_last], [first, last], rtol=1e-10, err_msg=name)
+
+
+class WideInputMLP(nn.Module):
+    """64 -> 32 -> 10: few parameters next to a batch of activations, so that the fit's memory is
+    the batch's."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.log_softmax(nn.Dense(10)(jnp.tanh(nn.Dense(32)(x))))
+
+
+@pytest.mark.parametrize("route", [
+    {"llqr_batch_update_mode": "chunked_lqr_segment", "llqr_batch_update_chunk_size": 64},
+    {"llqr_second_order_mode": "sample_separable_exact", "llqr_second_order_chunk_size": 64},
+], ids=["chunked_lqr_segment", "sample_separable_exact"])
+def test_chunked_fit_memory_follows_the_chunk_not_the_batch(route):
+    """Structural: the compiled fit's temporaries at chunks of 1/8 of the batch are well below the
+    whole-batch fit's (the chunks are summed in a loop, one chunk live at a time)."""
+    from llqr.config import build_config
+    from llqr.optim import make_llqr_fit
+
+    f, params, x, y = _setup(WideInputMLP(), (64,), n=512)
+
+    def temp_bytes(overrides):
+        cfg = build_config({**overrides, "block_structure": "diagonal", "divergence": "ngd", "precond_steps": 2})
+        lowered = make_llqr_fit(lambda p, bs, xc: f(p, xc), cfg).lower(
+            init_blocks("diagonal", params), params, {}, x, y, 1e-3, 0.9)
+        return lowered.compile().memory_analysis().temp_size_in_bytes
+
+    whole = temp_bytes({})
+    assert whole > 8 * 512 * (64 + 32 + 10)  # the whole batch's activations are live
+    assert temp_bytes(route) < 0.35 * whole

@@ -1,13 +1,24 @@
 """The preconditioner update the runner calls every ``update_preconditioner_every`` steps.
 
-Routes. The curvature here is one global curvature-vector product, not the reference's
-stage-by-stage sweep, so the route knobs map as follows (all give the same P; see
-tests/test_llqr_routes.py): ``cached_exact`` linearises once per fit, both ``lowmem_exact_*``
-modes recompute the product by jvp-of-grad on every call (there are no per-stage transitions to
-keep or drop); ``chunked_lqr_segment`` and ``sample_separable_exact`` both sum per-chunk
-curvatures over the fit batch (the batch chunk size wins when both are set);
+Routes. The curvature here is one global curvature-vector product (H_D + λI)v of the network on
+the fit batch, not the reference's stage-by-stage sweep, so the route knobs map as follows (all
+give the same P; see tests/test_llqr_routes.py):
+
+- ``full_batch`` + ``cached_exact``: the whole batch is linearised once per fit (jax.linearize of
+  the gradient); each inner step replays that linear map, the fastest products, holding the
+  batch's residuals for the whole fit.
+- ``lowmem_exact_k`` / ``lowmem_exact_full`` (whole batch): every product is one jvp-of-grad of
+  the whole batch, nothing kept between products (there are no per-stage transitions to keep or
+  drop, so the two modes are one); within a product the memory is still the batch's.
+- ``chunked_lqr_segment`` / ``sample_separable_exact``: g and every product are sums over chunks
+  of the fit batch, run as a loop inside the jitted fit that recomputes each chunk's product from
+  its inputs by jvp-of-grad (whatever the operator mode: caching every chunk's linearisation
+  would hold the whole batch again), so the peak memory follows the chunk; a last chunk that does
+  not divide the batch is summed after the loop. The batch chunk size wins when both are set.
+
 ``llqr_use_fast_paths`` selects the reference's shortcut for stages whose Hessian blocks are zero,
-which a global product never forms, so it changes nothing here.
+which a global product never forms, so it changes nothing here. benchmarks/llqr_memory.py
+measures each route's compiled temporaries and fit time.
 """
 
 from __future__ import annotations

@@ -3,9 +3,13 @@
 By the second-order adjoint identity, the LQR cost of the linearised layer chain with terminal
 divergence D and Hamiltonian stage terms equals J(u) = 1/2 u^T (H_D + λI) u + g^T u, with H_D the
 Hessian in θ of θ' -> D(z_ref, f(θ')) (or of the loss, for ``newton``). We evaluate (H_D + λI)u as
-one curvature-vector product of the whole network, linearised once per fit (so each inner step
-costs one linear forward-and-backward), and restrict u = -P g, fitting P's structured parameters
-by a few clipped first-order steps on J(P) = 1/2 (Pg)^T (H_D + λI)(Pg) - g^T P g.
+one curvature-vector product of the whole network and restrict u = -P g, fitting P's structured
+parameters by a few clipped first-order steps on J(P) = 1/2 (Pg)^T (H_D + λI)(Pg) - g^T P g.
+
+The product is computed one of three ways (``make_problem``): the whole batch linearised once per
+fit (each inner step one linear forward-and-backward; the batch's residuals live for the fit), the
+whole batch by jvp-of-grad per product (nothing cached), or a loop over chunks of the batch, each
+chunk's product recomputed by jvp-of-grad on every call, so that memory follows the chunk.
 """
 
 from __future__ import annotations
@@ -42,9 +46,29 @@ def curvature_objective(cost, log_probs_fn, params, x, loss):
     return lambda p: cost(z_ref, log_probs_fn(p, x))
 
 
-def _chunks(n: int, size: int | None):
-    size = n if not size or size >= n else size
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+def _share(chunk_labels, labels, ignore_index):
+    """w_c/W: the chunk's loss terms over the batch's, its mean loss's weight in the batch mean
+    (exact with ``ignore_index`` too, where chunks hold different numbers of loss terms)."""
+    if ignore_index is None:
+        return chunk_labels.size / labels.size
+    return jnp.sum(chunk_labels != ignore_index) / jnp.maximum(jnp.sum(labels != ignore_index), 1)
+
+
+def _chunk_sum(fn, batch, size: int):
+    """sum_c fn(*chunk_c) over consecutive chunks of ``size`` rows of ``batch`` (a tuple of pytrees).
+
+    The full chunks run in a ``fori_loop`` that slices its chunk from the batch, so only one
+    chunk's temporaries are live at a time (an unrolled sum would let XLA keep them all); a last
+    chunk that does not divide the batch is added after the loop, so no padding enters the sums."""
+    n = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    count, rest = divmod(n, size)
+    rows = lambda start, length: jax.tree_util.tree_map(  # noqa: E731
+        lambda a: jax.lax.dynamic_slice_in_dim(a, start, length), batch)
+    shape = jax.eval_shape(fn, *rows(0, size))
+    zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+    add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)  # noqa: E731
+    total = jax.lax.fori_loop(0, count, lambda i, acc: add(acc, fn(*rows(i * size, size))), zero)
+    return add(total, fn(*rows(count * size, rest))) if rest else total
 
 
 def make_problem(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5, label_smoothing=0.0, damping=0.0,
@@ -56,43 +80,48 @@ def make_problem(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5
     their log-prob rows so that they add no divergence curvature either.
 
     ``chunk_size`` splits the fit batch: g = sum_c (w_c/W) g_c and the curvature is the sum of the
-    chunks' curvatures (newton: each chunk's mean loss weighted by w_c/W), which is exact because
-    ngd's curvature is a sum over samples and newton's a mean. ``cache`` linearises each chunk once
-    per fit (the reference's cached_exact); without it every product is recomputed (low memory).
+    chunks' curvatures (newton: each chunk's mean loss weighted by w_c/W), w_c counting the chunk's
+    loss terms, which is exact because ngd's curvature is a sum over samples and newton's a mean.
+    Both sums run as a loop over the chunks inside the caller's trace, each product recomputed
+    from the chunk's inputs by jvp-of-grad on every call, so the peak memory follows the chunk,
+    not the batch. Unchunked, ``cache`` linearises the whole batch once per fit (the reference's
+    cached_exact: the fastest products, its residuals held for the fit); without it every product
+    is one jvp-of-grad of the whole batch (no residuals kept between products).
     """
     n = labels.shape[0]
-    slices = _chunks(n, chunk_size)
-    if len(slices) > 1 and divergence not in SEPARABLE:
+    size = n if not chunk_size or chunk_size >= n else chunk_size
+    if size < n and divergence not in SEPARABLE:
         raise ValueError(f"divergence {divergence!r} is not a sum over samples; chunked fits need one of {SEPARABLE}")
     cost = terminal_cost(divergence, order)
-    grads, products = [], []
-    for sl in slices:
-        xc, yc = jax.tree_util.tree_map(lambda a, sl=sl: a[sl], x), labels[sl]
-        weight = (sl.stop - sl.start) / n
 
-        def loss(p, xc=xc, yc=yc, weight=weight):
-            return weight * smoothed_cross_entropy(log_probs_fn(p, xc), yc, label_smoothing, ignore_index)
+    def loss(p, xc, yc):  # the chunk's share of the batch mean loss
+        weight = _share(yc, labels, ignore_index)
+        return weight * smoothed_cross_entropy(log_probs_fn(p, xc), yc, label_smoothing, ignore_index)
 
-        grads.append(jax.grad(loss)(params))
-        objective = curvature_objective(cost, log_probs_fn, params, xc, loss)
-        if cache:
-            products.append(jax.linearize(jax.grad(objective), params)[1])
-        else:
-            products.append(lambda v, f=objective: jax.jvp(jax.grad(f), (params,), (v,))[1])
-    g = _tree_sum(grads)
+    def gradient(xc, yc):
+        return jax.grad(loss)(params, xc, yc)
+
+    def grad_of_objective(xc, yc):
+        return jax.grad(curvature_objective(cost, log_probs_fn, params, xc, lambda p: loss(p, xc, yc)))
+
+    def product(xc, yc, v):
+        return jax.jvp(grad_of_objective(xc, yc), (params,), (v,))[1]
+
+    if size == n:
+        g = gradient(x, labels)
+        hvp = jax.linearize(grad_of_objective(x, labels), params)[1] if cache else (lambda v: product(x, labels, v))
+    else:
+        g = _chunk_sum(gradient, (x, labels), size)
+        hvp = lambda v: _chunk_sum(lambda xc, yc: product(xc, yc, v), (x, labels), size)  # noqa: E731
 
     def curvature(v):
-        hv = _tree_sum([prod(v) for prod in products])
+        hv = hvp(v)
         return hv if not damping else jax.tree_util.tree_map(lambda a, b: a + damping * b, hv, v)
 
     if normalize_grad:
         norm = jnp.sqrt(tree_vdot(g, g))
         g = jax.tree_util.tree_map(lambda t: t / jnp.maximum(norm, 1e-30), g)
     return Problem(g, curvature)
-
-
-def _tree_sum(trees):
-    return trees[0] if len(trees) == 1 else jax.tree_util.tree_map(lambda *xs: sum(xs), *trees)
 
 
 def lqr_cost(problem: Problem, u):
