@@ -185,6 +185,16 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]
 
 
+# How a run is looked after, never what it computes (a resumed run is bit-exact): not part of a
+# cell's id, its rule params or its checkpoint key.
+BOOKKEEPING_KEYS = ("checkpoint_freq", "keep_checkpoints", "report_freq", "preempt_handling")
+
+
+def identity_config(config: dict) -> dict:
+    """``config`` without the bookkeeping keys: what a checkpoint key hashes."""
+    return {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
+
+
 # --- cell identity ---------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ def train_from_workflow(config_json: str, cell_id: str, *, results_dir, checkpoi
             cfg = build_config(config)
             command = f"snakemake rule train, cell {cell_id} (argv: {' '.join(sys.argv)})"
             run(cfg, cell_id=cell_id, results_dir=results_dir, checkpoints_dir=checkpoints_dir,
-                data_root=data_root, command=command, out=out)
+                data_root=data_root, command=command, inputs=[tuned] if tuned else [], out=out)
         except Preempted as exc:
             out(str(exc))
             return PREEMPTED_EXIT_CODE

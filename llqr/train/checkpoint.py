@@ -41,3 +41,26 @@ class Checkpointer:
 
     def close(self) -> None:
         self._mgr.close()
+
+
+PREVIOUS = "previous"  # checkpoints/<cell>/previous: the last finished attempt, kept but never resumed
+
+
+def retire_attempt(work: Path) -> Path:
+    """Move a finished attempt's folder aside as ``previous`` (replacing an older one) and return
+    where it went. Only unfinished attempts are resumed, so a re-run (``--forcerun``, changed
+    inputs) trains from step 0. Killed before this rename, a retry resumes the same attempt at
+    its final step: that is the same key, genuinely interrupted, and ends with the same outputs."""
+    import shutil
+
+    work = Path(work)
+    target = work.parent / PREVIOUS
+    if not work.is_dir():
+        return target
+    if target.exists():
+        doomed = work.parent / f".{PREVIOUS}.old"
+        shutil.rmtree(doomed, ignore_errors=True)
+        target.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    work.rename(target)
+    return target

@@ -16,7 +16,7 @@ import json
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jax
@@ -28,14 +28,15 @@ from ..atomic import write_text
 from ..config import RunConfig
 from ..data import DataError, dataset_dir, load_dataset
 from ..data.stream import BatchStream
-from ..matrix import config_hash
+from ..matrix import config_hash, identity_config
 from ..models import build_model, layer_of
 from ..optim import block_skews, block_stats, get_blocks, make_llqr_fit, precondition, sam, scale_by_llqr, set_blocks, svag
 from ..config.fields import KRONECKER_OPTIMIZERS
 from ..optim.capture import kronecker_factors
 from ..optim.divergences import RESEARCH_ONLY
 from . import records
-from .checkpoint import Checkpointer
+from .checkpoint import PREVIOUS, Checkpointer, retire_attempt
+from .fingerprint import attempt_key, dataset_files, fingerprint
 from .evaluators import ClassificationEval, periodic
 from .noise import NoiseProbe, NoiseWeights
 from .parallel import Placement
@@ -61,11 +62,21 @@ class Preempted(RuntimeError):
 @dataclass(frozen=True)
 class CellPaths:
     results: Path  # declared outputs: summary.json, metrics.jsonl, record.json
-    work: Path  # checkpoints and the live metrics log; never deleted by Snakemake
+    root: Path  # checkpoints/<cell>: its attempts, the previous result; never deleted by Snakemake
+    key: str = ""  # the attempt: config + input fingerprint (fingerprint.attempt_key)
 
     @classmethod
-    def for_cell(cls, cell_id: str, config: dict, results_dir, checkpoints_dir) -> "CellPaths":
-        return cls(Path(results_dir) / "cells" / cell_id, Path(checkpoints_dir) / cell_id / config_hash(config))
+    def for_cell(cls, cell_id: str, results_dir, checkpoints_dir) -> "CellPaths":
+        return cls(Path(results_dir) / "cells" / cell_id, Path(checkpoints_dir) / cell_id)
+
+    @property
+    def work(self) -> Path:
+        """This attempt's checkpoints and live metrics log."""
+        return self.root / self.key
+
+    @property
+    def previous(self) -> Path:
+        return self.root / PREVIOUS
 
 
 def check_supported(cfg: RunConfig) -> None:
@@ -370,11 +381,13 @@ def run(
     data_root="data",
     command: str = "",
     prepare_missing: bool = False,
+    inputs=(),
     out=print,
 ) -> dict:
-    """Train one cell to completion (or resume it); returns the summary written to disk."""
+    """Train one cell to completion (or resume an interrupted attempt); returns the summary written
+    to disk. ``inputs``: files besides the dataset the result depends on (a tuned cell's best.json)."""
     config = cfg.to_dict()
-    paths = CellPaths.for_cell(cell_id, config, results_dir, checkpoints_dir)
+    paths = CellPaths.for_cell(cell_id, results_dir, checkpoints_dir)
     build_model(cfg, num_classes=10)  # fail fast on a model that does not exist yet
     check_supported(cfg)
     t_start = time.time()
@@ -385,7 +398,7 @@ def run(
         "config_hash": config_hash(config),
         "seed": {"init_key": cfg.init_key, "rng_seed": cfg.rng_seed, "data_seed": cfg.data_seed},
         "dataset_path": str(dataset_dir(cfg, data_root)),
-        "checkpoint_path": str(paths.work / "orbax"),
+        "checkpoint_path": str(paths.previous / "orbax"),  # where the finished attempt ends up
         **records.git_state(),
         **records.host_info(),
         "accelerator": records.accelerator(),
@@ -401,6 +414,8 @@ def run(
         _write_outputs(paths, summary, base_record, live_metrics=None)
         return summary
     base_record["dataset_path"] = data.path
+    base_record["inputs"] = fingerprint([*dataset_files(cfg, data, data_root), *map(Path, inputs)])
+    paths = replace(paths, key=attempt_key(identity_config(config), base_record["inputs"]))
     with contextlib.closing(data):  # worker pools of streaming datasets end with the run, whatever happens
 
         translation = getattr(data, "task", "classification") == "translation"
@@ -647,6 +662,7 @@ def run(
         for checkpointer in (ckpt, best_ckpt):
             if checkpointer is not None:
                 checkpointer.close()
+        retire_attempt(paths.work)
         return summary
 
 
