@@ -75,3 +75,96 @@ def test_the_input_fingerprint_follows_the_bytes_not_the_path(tmp_path, own_data
     moved.parent.mkdir()
     shutil.copy(path, moved)
     assert fingerprint([moved]) == after
+
+
+# --- 2. verified checkpoints ---------------------------------------------------------------------
+
+LONG = {"total_epochs": 4, "keep_checkpoints": 3}  # checkpoints at 10, 20, 30 (freq 10), 88 updates
+
+
+def _comparable(results: Path, cell="t/default/seed42"):
+    out = results / "cells" / cell
+    summary = json.loads((out / "summary.json").read_text())
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for e in events:
+        e.pop("elapsed_s"), e.pop("ms_per_step", None)
+    return summary["final"], summary["best"], events
+
+
+def _preempted_at_31(tmp_path, data_root):
+    """Run until the step-30 report, SIGTERM ourselves: checkpoints 20, 30 and 31 are left."""
+    import os
+    import signal
+
+    from llqr.train.loop import Preempted
+
+    def out(line):
+        if "step 30/" in line:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Preempted):
+        run(resolve("digits-mlp-smoke", LONG), cell_id="t/default/seed42", results_dir=tmp_path / "results",
+            checkpoints_dir=tmp_path / "ckpt", data_root=data_root, out=out)
+    orbax = next((tmp_path / "ckpt").glob("t/default/seed42/*/orbax"))
+    assert sorted(int(p.name) for p in orbax.iterdir() if p.name.isdigit()) == [20, 30, 31]
+    return orbax
+
+
+def _largest_file(folder: Path) -> Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, digits_root):
+    root = tmp_path_factory.mktemp("ref")
+    _run(root, digits_root, **LONG)
+    return _comparable(root / "results")
+
+
+def _flip_bit(step_dir: Path):
+    target = _largest_file(step_dir / "state")
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    target.write_bytes(bytes(data))
+
+
+def _truncate(step_dir: Path):
+    target = _largest_file(step_dir / "state")
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", [_flip_bit, _truncate], ids=["flipped-bit", "unreadable"])
+def test_a_damaged_latest_checkpoint_resumes_from_the_older_one_with_identical_results(
+        tmp_path, digits_root, uninterrupted, damage):
+    orbax = _preempted_at_31(tmp_path, digits_root)
+    damage(orbax / "31")
+    summary, lines = _run(tmp_path, digits_root, **LONG)
+    moved = [line for line in lines if "checkpoint step 31" in line]
+    assert len(moved) == 1 and "moved to" in moved[0] and "quarantine/step-31-" in moved[0], lines
+    assert _resumed(lines) and "at step 30/" in _resumed(lines)[0]
+    assert summary["status"] == "ok"
+    assert _comparable(tmp_path / "results") == uninterrupted
+
+
+def test_a_truncated_metrics_log_resumes_from_the_step_it_still_matches(tmp_path, digits_root, uninterrupted):
+    orbax = _preempted_at_31(tmp_path, digits_root)
+    log = orbax.parent / "metrics.jsonl"
+    log.write_bytes(log.read_bytes()[:-1])
+    summary, lines = _run(tmp_path, digits_root, **LONG)
+    assert any("checkpoint step 31 does not match the live metrics log" in line for line in lines), lines
+    assert "at step 30/" in _resumed(lines)[0]
+    assert _comparable(tmp_path / "results") == uninterrupted
+
+
+def test_no_intact_checkpoint_left_fails_naming_what_to_delete(tmp_path, digits_root):
+    from llqr.train.checkpoint import NoIntactCheckpoint
+
+    orbax = _preempted_at_31(tmp_path, digits_root)
+    for step in (20, 30, 31):
+        (orbax / str(step) / "llqr_digest.json").write_text('{"sha256": "0"}')
+    with pytest.raises(NoIntactCheckpoint, match=f"delete {orbax.parent}"):
+        _run(tmp_path, digits_root, **LONG)
+    assert sorted(p.name for p in (orbax.parent / "quarantine").iterdir()) == [
+        "step-20-digest-mismatch", "step-30-digest-mismatch", "step-31-digest-mismatch"]
+    with pytest.raises(NoIntactCheckpoint):  # a retry fails the same way until the folder is deleted
+        _run(tmp_path, digits_root, **LONG)

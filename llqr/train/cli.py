@@ -20,7 +20,8 @@ EPILOG = """examples:
   python -m llqr.train preset=digits-mlp optimizer=polyak learning_rate=0.05 lr_scheduler=cosine_annealing
   python -m llqr.train preset=digits-mlp lr_scheduler.t_max=12 --print-config
 exit status: 0 ok or diverged (see summary.json), 2 bad config, 3 data error, 4 unavailable feature,
-75 preempted (checkpoint saved; run again to resume)."""
+5 no intact checkpoint (the message names the folder to delete), 75 preempted (checkpoint saved; run again
+to resume)."""
 
 
 def parse_args(argv):
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
         print(json.dumps({"cell": args.cell_id or cid, "config": cfg.to_dict()}, indent=2))
         return 0
     from ..optim.structures import StructureTooLarge
+    from .checkpoint import NoIntactCheckpoint
     from .loop import FeatureNotAvailable, Preempted, PREEMPTED_EXIT_CODE, run
 
     command = shlex.join(["python", "-m", "llqr.train", *argv])
@@ -82,6 +84,9 @@ def main(argv=None) -> int:
     except Preempted as exc:
         print(str(exc), file=sys.stderr)
         return PREEMPTED_EXIT_CODE
+    except NoIntactCheckpoint as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 5
     if summary["status"] == "failed-data":
         print(f"data error: {summary['message']}", file=sys.stderr)
         return 3

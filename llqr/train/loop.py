@@ -35,7 +35,7 @@ from ..config.fields import KRONECKER_OPTIMIZERS
 from ..optim.capture import kronecker_factors
 from ..optim.divergences import RESEARCH_ONLY
 from . import records
-from .checkpoint import PREVIOUS, Checkpointer, retire_attempt
+from .checkpoint import PREVIOUS, Checkpointer, prefix_sha256, retire_attempt
 from .fingerprint import attempt_key, dataset_files, fingerprint
 from .evaluators import ClassificationEval, periodic
 from .noise import NoiseProbe, NoiseWeights
@@ -464,9 +464,10 @@ def run(
         data.attach_stream(stream)
         cursor, start_step, elapsed_before, offset = 0, 0, 0.0, None
         ckpt = Checkpointer(paths.work / "orbax", keep=cfg.keep_checkpoints) if cfg.preempt_handling else None
-        if ckpt is not None and ckpt.latest_step() is not None:
-            start_step = ckpt.latest_step()
-            state, meta = ckpt.restore(start_step, state)
+        restored = ckpt.restore_verified(state, paths.work / "metrics.jsonl", out=lambda m: out(f"[{cell_id}] {m}")) \
+            if ckpt is not None else None
+        if restored is not None:
+            start_step, state, meta = restored
             cursor, elapsed_before, offset = meta["cursor"], meta["elapsed_s"], meta["metrics_offset"]
             out(f"[{cell_id}] resuming from checkpoint at step {start_step}/{total_steps - 1}")
         place = Placement(cfg.data_parallel)
@@ -527,6 +528,7 @@ def run(
             if ckpt is None or last_saved == step:
                 return
             meta = {"step": step, "cursor": cursor, "elapsed_s": elapsed(), "metrics_offset": log.offset}
+            meta["metrics_sha256"] = prefix_sha256(log.path, meta["metrics_offset"])
             ckpt.save(step, state, meta)
             last_saved = step
 
