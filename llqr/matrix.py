@@ -60,6 +60,7 @@ class Cell:
     seed: int
     config: dict  # fully resolved (and normalised) run config
     study: str | None = None  # a tuning study whose best parameters the run applies on top of config
+    settings: dict = field(default_factory=dict, compare=False)  # its bookkeeping keys' values (not identity)
 
     @property
     def config_json(self) -> str:
@@ -104,7 +105,7 @@ def rule_params(config: dict) -> dict:
     """The config without the keys its model and dataset never read (a Transformer's width in an
     MLP cell, BLEU settings in an image cell), so adding or retuning such a key re-runs only the
     cells that read it. The runner fills the dropped keys back with their (unread) defaults."""
-    out = {k: v for k, v in config.items() if k not in _unread(config)}
+    out = {k: v for k, v in config.items() if k not in _unread(config) and k not in BOOKKEEPING_KEYS}
     # keys whose default is the behaviour cells had before the key existed: absent unless changed
     for key, default in (("precision", "fp32"), ("noise", "minibatch"), ("noise_stats_from_epoch", None),
                          ("noise_stats_batches", 16), ("train_fraction", 1.0), ("data_parallel", False)):
@@ -225,7 +226,7 @@ def _fmt_schedule(sched: dict) -> str:
 def normalise(config: dict, base: dict) -> dict:
     """Reset keys that cannot change the run to the preset's values, so equal runs share an id."""
     out = dict(config)
-    for key in INERT_KEYS:
+    for key in (*INERT_KEYS, *BOOKKEEPING_KEYS):  # bookkeeping travels in Cell.settings instead
         out[key] = base[key]
     if not out["use_preconditioner"]:
         inert = set(PRECOND_KEYS)
@@ -445,13 +446,13 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
                 study = _study_for(name, tune, axes, combo, rules, preset, base_values, base, studies, where)
             for seed in seeds:
                 try:
-                    config = _resolve(base_values, base, overrides, seed, preset)
+                    config, settings = _resolve(base_values, base, overrides, seed, preset)
                     if study and seed == seeds[0]:  # best params must fit every budget (seeds do not matter)
                         _check_corners(config, study.space)
                 except ConfigError as exc:
                     raise _err(name, f"preset {preset} [{where}]: {exc}") from None
                 cid = cell_id(preset, config, base, tuned=study is not None)
-                cell = Cell(cid, preset, int(seed), config, study.id if study else None)
+                cell = Cell(cid, preset, int(seed), config, study.id if study else None, settings)
                 known = cells.get(cid)
                 if known is not None and known != cell:
                     what = "tuning studies" if known.config == config else "configs"
@@ -473,12 +474,14 @@ def _position_overrides(combo, rules, labels: dict, preset: str) -> dict:
     return overrides
 
 
-def _resolve(base_values: dict, base: dict, overrides: dict, seed: int, preset: str) -> dict:
-    """A position's normalised run config for one seed; ConfigError if it is invalid."""
+def _resolve(base_values: dict, base: dict, overrides: dict, seed: int, preset: str) -> tuple[dict, dict]:
+    """(a position's normalised run config for one seed, its bookkeeping settings); ConfigError if
+    it is invalid."""
     merged = apply_overrides(base_values, {**overrides, "init_key": seed, "preset": preset})
-    config = normalise(build_config(merged).to_dict(), base)
+    full = build_config(merged).to_dict()
+    config = normalise(full, base)
     build_config(config)
-    return config
+    return config, {key: full[key] for key in BOOKKEEPING_KEYS}
 
 
 def _check_corners(config: dict, space: dict) -> None:
@@ -501,8 +504,8 @@ def _study_for(name, tune, axes, combo, rules, preset, base_values, base, studie
     at_budget[axis_names.index(tune["budget_axis"])] = axes[tune["budget_axis"]][0]
     tuning_labels = {a: lab for a, (lab, _) in zip(axis_names, at_budget)}
     try:
-        config = _resolve(base_values, base, _position_overrides(at_budget, rules, tuning_labels, preset),
-                          tune["tuning_seed"], preset)
+        config, _settings = _resolve(base_values, base, _position_overrides(at_budget, rules, tuning_labels, preset),
+                                     tune["tuning_seed"], preset)
         _check_corners(config, space)
     except ConfigError as exc:
         raise _err(name, f"tuning study for preset {preset} [{where}]: {exc}") from None

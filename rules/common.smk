@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from llqr.config import ConfigError
+from llqr.jobparams import JobParams, normalise_dir
 from llqr.matrix import expand, preset_base
 from llqr.resources import DEFAULTS as RESOURCE_DEFAULTS, preset_resources as _preset_resources
 
@@ -16,9 +17,11 @@ try:
 except ConfigError as exc:
     raise WorkflowError(f"invalid workflow config: {exc}") from None
 
-RESULTS = config["results_dir"]
-CHECKPOINTS = config["checkpoints_dir"]
-DATA = config["data_dir"]
+# One spelling per folder (./data, data/ and $PWD/data are all `data`), so respelling a path
+# changes no declared input or output; the jobs get them through JobParams, never as a trigger.
+RESULTS = normalise_dir(config["results_dir"])
+CHECKPOINTS = normalise_dir(config["checkpoints_dir"])
+DATA = normalise_dir(config["data_dir"])
 # Used only with --software-deployment-method conda; `llqr` itself comes from the repo checkout.
 CONDA_ENV = f"../envs/{config.get('conda_env', 'cpu')}.yaml"
 

@@ -1,6 +1,9 @@
 # One job per cell. The fully resolved run config is a param, so editing any value that
-# reaches a cell makes exactly that cell stale (--rerun-triggers params). Checkpoints live
-# outside the declared outputs, so a failed or preempted job never loses them.
+# reaches a cell makes exactly that cell stale (--rerun-triggers params). The storage folders and
+# the bookkeeping keys travel in `job`, a JobParams instance: Snakemake leaves params of
+# non-builtin types out of the rerun trigger (see llqr/jobparams.py), so moving checkpoints_dir
+# or changing checkpoint_freq stales nothing. Checkpoints live outside the declared outputs, so a
+# failed or preempted job never loses them.
 
 
 rule train:
@@ -13,9 +16,7 @@ rule train:
         record=f"{RESULTS}/cells/{{cell}}/record.json",
     params:
         config=lambda wc: cell_of(wc).config_json,
-        results_dir=RESULTS,
-        checkpoints_dir=CHECKPOINTS,
-        data_root=DATA,
+        job=lambda wc: JobParams.of(RESULTS, CHECKPOINTS, DATA, cell_of(wc).settings),
     log:
         "logs/train/{cell}.log",
     resources:

@@ -11,8 +11,7 @@ rule tune:
         best=f"{RESULTS}/tuning/{{study}}/best.json",
     params:
         spec=lambda wc: study_of(wc).spec_json,
-        checkpoints_dir=CHECKPOINTS,
-        data_root=DATA,
+        job=JobParams.of(RESULTS, CHECKPOINTS, DATA),  # not a rerun trigger (llqr/jobparams.py)
     log:
         "logs/tune/{study}.log",
     resources:

@@ -168,3 +168,30 @@ def test_no_intact_checkpoint_left_fails_naming_what_to_delete(tmp_path, digits_
         "step-20-digest-mismatch", "step-30-digest-mismatch", "step-31-digest-mismatch"]
     with pytest.raises(NoIntactCheckpoint):  # a retry fails the same way until the folder is deleted
         _run(tmp_path, digits_root, **LONG)
+
+
+# --- 3. bookkeeping keys and storage paths are not identity --------------------------------------
+
+def test_bookkeeping_keys_stay_out_of_the_cell_id_and_params_but_reach_the_job():
+    import pickle
+
+    from llqr.jobparams import JobParams
+    from llqr.matrix import expand
+
+    def cell(extra):
+        spec = {"presets": ["digits-mlp-smoke"], "seeds": [1], "rules": [{"set": extra}] if extra else []}
+        return next(iter(expand({"surfaces": {"s": spec}}).cells.values()))
+
+    plain, busy = cell({}), cell({"checkpoint_freq": 7, "keep_checkpoints": 5, "preempt_handling": False})
+    assert busy.id == plain.id and busy.config_json == plain.config_json and "checkpoint_freq" not in busy.config_json
+    assert busy.settings == {"checkpoint_freq": 7, "keep_checkpoints": 5, "report_freq": 10, "preempt_handling": False}
+    job = JobParams.of("./results/", "ckpt", "data", busy.settings)
+    assert pickle.loads(pickle.dumps(job)) == {"results_dir": "results", "checkpoints_dir": "ckpt", "data_dir": "data",
+                                               "settings": busy.settings}
+
+
+def test_cli_keeps_the_bookkeeping_values_it_was_given_out_of_the_cell_id():
+    from llqr.train.cli import resolve_cell
+
+    cfg, cid = resolve_cell(["preset=digits-mlp-smoke", "checkpoint_freq=3"])
+    assert cfg.checkpoint_freq == 3 and cid == resolve_cell(["preset=digits-mlp-smoke"])[1]

@@ -5,13 +5,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 from llqr.train.cell import train_from_workflow  # noqa: E402
 
+job = snakemake.params.job  # llqr.jobparams.JobParams, unpickled as a dict
 status = train_from_workflow(
     snakemake.params.config,
     snakemake.wildcards.cell,
-    results_dir=snakemake.params.results_dir,
-    checkpoints_dir=snakemake.params.checkpoints_dir,
-    data_root=snakemake.params.data_root,
+    results_dir=job["results_dir"],
+    checkpoints_dir=job["checkpoints_dir"],
+    data_root=job["data_dir"],
     log_path=snakemake.log[0],
     tuned=snakemake.input.tuned[0] if snakemake.input.tuned else None,
+    settings=job["settings"],
 )
 sys.exit(status)

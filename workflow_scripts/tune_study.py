@@ -5,6 +5,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 from llqr.tune.workflow import tune_from_workflow  # noqa: E402
 
+job = snakemake.params.job  # llqr.jobparams.JobParams, unpickled as a dict
 sys.exit(tune_from_workflow(snakemake.params.spec, snakemake.output.best,
-                            checkpoints_dir=snakemake.params.checkpoints_dir,
-                            data_root=snakemake.params.data_root, log_path=snakemake.log[0]))
+                            checkpoints_dir=job["checkpoints_dir"],
+                            data_root=job["data_dir"], log_path=snakemake.log[0]))

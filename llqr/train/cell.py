@@ -12,9 +12,10 @@ from ..joblog import job_log
 
 
 def train_from_workflow(config_json: str, cell_id: str, *, results_dir, checkpoints_dir, data_root, log_path,
-                        tuned=None) -> int:
+                        tuned=None, settings=None) -> int:
     """Run one cell for Snakemake; returns the process exit status (75 = preempted, retry).
-    ``tuned``: a study's best.json whose parameters go on top of the config."""
+    ``tuned``: a study's best.json whose parameters go on top of the config; ``settings``: the
+    cell's bookkeeping keys (checkpoint_freq, ...), which are not in its config params."""
     with job_log(log_path) as (out, log):
         try:
             from .compile_cache import enable_compilation_cache
@@ -22,7 +23,7 @@ def train_from_workflow(config_json: str, cell_id: str, *, results_dir, checkpoi
 
             enable_compilation_cache(Path(checkpoints_dir) / ".jax_cache")
 
-            config = json.loads(config_json)
+            config = {**json.loads(config_json), **(settings or {})}
             if tuned:
                 from ..tune.workflow import apply_best
 

@@ -12,7 +12,7 @@ import sys
 
 from ..config import ConfigError, build_config, parse_overrides, resolve
 from ..matrix import cell_id as make_cell_id
-from ..matrix import normalise, preset_base
+from ..matrix import BOOKKEEPING_KEYS, normalise, preset_base
 from ..models import ModelNotAvailable
 
 EPILOG = """examples:
@@ -44,7 +44,10 @@ def resolve_cell(items: list[str]):
     cfg = resolve(preset, overrides)
     _values, base = preset_base(preset)
     config = normalise(cfg.to_dict(), base)
-    return build_config(config), make_cell_id(preset or "custom", config, base)
+    cid = make_cell_id(preset or "custom", config, base)
+    # bookkeeping keys are not part of the id, but the run uses the values given
+    config.update({key: getattr(cfg, key) for key in BOOKKEEPING_KEYS})
+    return build_config(config), cid
 
 
 def main(argv=None) -> int:
