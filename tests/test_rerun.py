@@ -195,3 +195,62 @@ def test_cli_keeps_the_bookkeeping_values_it_was_given_out_of_the_cell_id():
 
     cfg, cid = resolve_cell(["preset=digits-mlp-smoke", "checkpoint_freq=3"])
     assert cfg.checkpoint_freq == 3 and cid == resolve_cell(["preset=digits-mlp-smoke"])[1]
+
+
+# --- 4. one writer per cell -----------------------------------------------------------------------
+
+def _lock_path(tmp_path, cell="t/default/seed42"):
+    return tmp_path / "ckpt" / cell / "lock.json"
+
+
+def _hold(tmp_path, **holder):
+    import socket
+
+    path = _lock_path(tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": socket.gethostname(), "since": "then", **holder}))
+    return path
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path, digits_root):
+    import subprocess
+
+    from llqr.train.lock import CellLocked
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        path = _hold(tmp_path, pid=sleeper.pid, slurm_job_id="4242")
+        with pytest.raises(CellLocked, match=f"pid {sleeper.pid}, SLURM job 4242 .*lock {path}"):
+            _run(tmp_path, digits_root)
+        assert not (tmp_path / "results").exists() and path.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_lock_left_by_a_dead_process_on_this_host_is_taken_over_and_released(tmp_path, digits_root):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path = _hold(tmp_path, pid=dead.pid)
+    summary, lines = _run(tmp_path, digits_root)
+    assert summary["status"] == "ok" and not path.exists()
+    assert any(f"took over the lock {path}" in line and "its process is gone" in line for line in lines), lines
+
+
+def test_a_lock_from_another_host_needs_the_flag(tmp_path, digits_root):
+    from llqr.train.lock import CellLocked
+
+    _hold(tmp_path, host="node-elsewhere", pid=1)
+    with pytest.raises(CellLocked, match="host node-elsewhere pid 1.*--take-over-lock"):
+        _run(tmp_path, digits_root)
+    lines = []
+    run(resolve("digits-mlp-smoke", {}), cell_id="t/default/seed42", results_dir=tmp_path / "results",
+        checkpoints_dir=tmp_path / "ckpt", data_root=digits_root, take_over_lock=True, out=lines.append)
+    assert any("taken over on request" in line for line in lines)
+
+
+def test_a_preempted_run_releases_its_lock(tmp_path, digits_root):
+    _preempted_at_31(tmp_path, digits_root)
+    assert not _lock_path(tmp_path).exists()

@@ -20,7 +20,7 @@ EPILOG = """examples:
   python -m llqr.train preset=digits-mlp optimizer=polyak learning_rate=0.05 lr_scheduler=cosine_annealing
   python -m llqr.train preset=digits-mlp lr_scheduler.t_max=12 --print-config
 exit status: 0 ok or diverged (see summary.json), 2 bad config, 3 data error, 4 unavailable feature,
-5 no intact checkpoint (the message names the folder to delete), 75 preempted (checkpoint saved; run again
+5 no intact checkpoint (the message names the folder to delete), 6 another run holds the cell's lock, 75 preempted (checkpoint saved; run again
 to resume)."""
 
 
@@ -34,6 +34,8 @@ def parse_args(argv):
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--cell-id", default=None, help="override the derived cell id")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--take-over-lock", action="store_true",
+                        help="take the cell's lock even if another host holds it (only if that run is gone)")
     return parser.parse_args(argv)
 
 
@@ -65,6 +67,7 @@ def main(argv=None) -> int:
         return 0
     from ..optim.structures import StructureTooLarge
     from .checkpoint import NoIntactCheckpoint
+    from .lock import CellLocked
     from .loop import FeatureNotAvailable, Preempted, PREEMPTED_EXIT_CODE, run
 
     command = shlex.join(["python", "-m", "llqr.train", *argv])
@@ -77,6 +80,7 @@ def main(argv=None) -> int:
             data_root=args.data_root,
             command=command,
             prepare_missing=True,
+            take_over_lock=args.take_over_lock,
         )
     except (ModelNotAvailable, FeatureNotAvailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -87,6 +91,9 @@ def main(argv=None) -> int:
     except Preempted as exc:
         print(str(exc), file=sys.stderr)
         return PREEMPTED_EXIT_CODE
+    except CellLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 6
     except NoIntactCheckpoint as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 5

@@ -37,6 +37,7 @@ from ..optim.divergences import RESEARCH_ONLY
 from . import records
 from .checkpoint import PREVIOUS, Checkpointer, prefix_sha256, retire_attempt
 from .fingerprint import attempt_key, dataset_files, fingerprint
+from .lock import cell_lock
 from .evaluators import ClassificationEval, periodic
 from .noise import NoiseProbe, NoiseWeights
 from .parallel import Placement
@@ -372,7 +373,15 @@ class MetricsLog:
         self._fh.close()
 
 
-def run(
+def run(cfg: RunConfig, *, cell_id: str, checkpoints_dir="checkpoints", take_over_lock: bool = False, out=print,
+        **kwargs) -> dict:
+    """Train one cell to completion (or resume an interrupted attempt) while holding its lock
+    (``lock.cell_lock``: one writer per cell); returns the summary written to disk."""
+    with cell_lock(Path(checkpoints_dir) / cell_id, take_over=take_over_lock, out=lambda m: out(f"[{cell_id}] {m}")):
+        return _run_cell(cfg, cell_id=cell_id, checkpoints_dir=checkpoints_dir, out=out, **kwargs)
+
+
+def _run_cell(
     cfg: RunConfig,
     *,
     cell_id: str,
@@ -384,8 +393,8 @@ def run(
     inputs=(),
     out=print,
 ) -> dict:
-    """Train one cell to completion (or resume an interrupted attempt); returns the summary written
-    to disk. ``inputs``: files besides the dataset the result depends on (a tuned cell's best.json)."""
+    """``run`` without the lock. ``inputs``: files besides the dataset the result depends on (a
+    tuned cell's best.json)."""
     config = cfg.to_dict()
     paths = CellPaths.for_cell(cell_id, results_dir, checkpoints_dir)
     build_model(cfg, num_classes=10)  # fail fast on a model that does not exist yet
