@@ -13,7 +13,8 @@ ahead of time and reports
 
 Routes: ``whole`` (full_batch + cached_exact: the whole batch linearised once per fit),
 ``chunked`` (chunked_lqr_segment at ``--chunk``), ``lowmem`` (lowmem_exact_k, whole batch:
-one jvp-of-grad of the batch per product), ``separable`` (sample_separable_exact at ``--chunk``).
+one jvp-of-grad of the batch per product), ``lowmem_full`` (lowmem_exact_full: the same with the
+network rematerialised inside each product), ``separable`` (sample_separable_exact at ``--chunk``).
 Each fit runs ``--precond-steps`` inner steps (default 2, not the paper's 50, to fit a 2-core CPU
 in a few minutes: the memory does not depend on it, the time roughly linearly), block structure
 ``--structure`` (default diagonal, the config default), divergence ngd. Goal: at fit batch 1024
@@ -70,6 +71,7 @@ def routes(chunk: int) -> dict:
         "whole": ({"llqr_batch_update_mode": "full_batch", "llqr_operator_mode": "cached_exact"}, None),
         "chunked": ({"llqr_batch_update_mode": "chunked_lqr_segment", "llqr_batch_update_chunk_size": chunk}, chunk),
         "lowmem": ({"llqr_operator_mode": "lowmem_exact_k"}, None),
+        "lowmem_full": ({"llqr_operator_mode": "lowmem_exact_full"}, None),
         "separable": ({"llqr_second_order_mode": "sample_separable_exact",
                        "llqr_second_order_chunk_size": chunk}, chunk),
     }
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
     ratios = {}
     top = max(args.fit_batches)
     for name in chosen:
-        for route in ("chunked", "separable", "lowmem"):
+        for route in ("chunked", "separable", "lowmem", "lowmem_full"):
             ratios[f"{name}/{route}"] = ratio(rows, name, route, top)
     for key, value in ratios.items():
         print(f"temp_mib {key} / whole at fit batch {top}, chunk {args.chunk}: {value:.3f}")

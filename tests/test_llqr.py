@@ -342,3 +342,20 @@ def test_chunked_fit_memory_follows_the_chunk_not_the_batch(route):
     whole = temp_bytes({})
     assert whole > 8 * 512 * (64 + 32 + 10)  # the whole batch's activations are live
     assert temp_bytes(route) < 0.35 * whole
+
+
+def test_lowmem_full_rematerialises_the_network_inside_each_product():
+    """Structural: lowmem_exact_full keeps fewer intermediates than lowmem_exact_k (same P: see
+    tests/test_llqr_routes.py), so its compiled fit needs less temporary memory."""
+    from llqr.config import build_config
+    from llqr.optim import make_llqr_fit
+
+    f, params, x, y = _setup(TinyCNN(), (8, 8, 1), n=64)
+
+    def temp_bytes(mode):
+        cfg = build_config({"llqr_operator_mode": mode, "block_structure": "diagonal", "precond_steps": 2})
+        lowered = make_llqr_fit(lambda p, bs, xc: f(p, xc), cfg).lower(
+            init_blocks("diagonal", params), params, {}, x, y, 1e-3, 0.9)
+        return lowered.compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes("lowmem_exact_full") < temp_bytes("lowmem_exact_k")

@@ -72,7 +72,7 @@ def _chunk_sum(fn, batch, size: int):
 
 
 def make_problem(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5, label_smoothing=0.0, damping=0.0,
-                 normalize_grad=False, chunk_size=None, cache=True, ignore_index=None) -> Problem:
+                 normalize_grad=False, chunk_size=None, cache=True, remat=False, ignore_index=None) -> Problem:
     """The LQR problem of ``log_probs_fn(params, x) -> (N, ..., K)`` (the inference-mode network).
 
     ``x`` may be a tuple of arrays (translation: source, shifted target) and the outputs may have
@@ -86,8 +86,13 @@ def make_problem(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5
     from the chunk's inputs by jvp-of-grad on every call, so the peak memory follows the chunk,
     not the batch. Unchunked, ``cache`` linearises the whole batch once per fit (the reference's
     cached_exact: the fastest products, its residuals held for the fit); without it every product
-    is one jvp-of-grad of the whole batch (no residuals kept between products).
+    is one jvp-of-grad of the whole batch (no residuals kept between products). ``remat`` (our
+    lowmem_exact_full) also saves none of the network's intermediates inside a product and
+    recomputes them in its backward pass: less memory, more compute. (The reference's optional
+    "dots without batch dims" policy kept more here: it raised XLA's temporaries on a small ResNet.)
     """
+    if remat:
+        log_probs_fn = jax.checkpoint(log_probs_fn, policy=jax.checkpoint_policies.nothing_saveable)
     n = labels.shape[0]
     size = n if not chunk_size or chunk_size >= n else chunk_size
     if size < n and divergence not in SEPARABLE:
