@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -11,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ..atomic import write_atomic
+from .errors import DataError
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,19 @@ class ArrayDataset:
 
     def close(self) -> None:
         pass
+
+
+def read_npz(path: Path, keys, fix: str) -> dict:
+    """The named arrays of a .npz file; a missing array or an unreadable (truncated, corrupt,
+    bad-deflate) file is a DataError naming the file, and ``fix`` says what to do."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise DataError(f"{path} is incomplete: missing arrays {missing}; {fix}")
+            return {k: data[k] for k in keys}
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path} is corrupt ({exc}); {fix}") from None
 
 
 def save_npz_atomic(path: Path, **arrays) -> None:

@@ -7,13 +7,11 @@ normalise as the reference does: pixels / 255, then (x - 0.1307) / 0.3081, no au
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .arrays import ArrayDataset
+from .arrays import ArrayDataset, read_npz
 from .errors import DataError
 
 FILENAME = "mnist.npz"
@@ -35,14 +33,7 @@ def normalize(images: np.ndarray) -> np.ndarray:
 
 def load(directory: Path) -> ArrayDataset:
     path = find_source(Path(directory))
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in KEYS if k not in data.files]
-            if missing:
-                raise DataError(f"{path} is not an MNIST archive: missing arrays {missing}")
-            arrays = {k: data[k] for k in KEYS}
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is corrupt ({exc}); delete it and fetch it again") from None
+    arrays = read_npz(path, KEYS, "delete it and fetch it again")
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y) or len(y) == 0:

@@ -10,12 +10,11 @@ with the reference's vocabulary (0 = the op symbol, 1 = "=", residue r = r + 2) 
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .arrays import ArrayDataset, save_npz_reproducible
+from .arrays import ArrayDataset, read_npz, save_npz_reproducible
 from .errors import DataError
 
 TRAIN_FRACTION = 0.6  # the reference's frac_train
@@ -57,14 +56,7 @@ def load(directory: Path, p: int) -> ArrayDataset:
     if not path.is_file():
         raise DataError(f"modular-addition data for p={p} not found at {path}; create it with "
                         f"`snakemake {path}` (rule prepare_modular)")
-    try:
-        with np.load(path) as data:
-            missing = [k for k in KEYS if k not in data.files]
-            if missing:
-                raise DataError(f"{path} is incomplete: missing arrays {missing}; re-create it")
-            arrays = {k: data[k] for k in KEYS}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is corrupt ({exc}); delete it and re-create it") from None
+    arrays = read_npz(path, KEYS, "delete it and re-create it")
     if int(arrays["modulus"]) != p:
         raise DataError(f"{path} holds p={int(arrays['modulus'])}, not the configured modulus {p}")
     for split in ("train", "test"):
