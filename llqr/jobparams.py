@@ -24,6 +24,19 @@ def normalise_dir(path) -> str:
     return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "")
+
+
+def config_flag(value, key: str) -> bool:
+    """A yes/no config value: a bool, or a string/number as ``--config key=true`` passes it."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"config '{key}': expected true or false, got {value!r}")
+
+
 @dataclass(frozen=True)
 class JobParams:
     results_dir: str

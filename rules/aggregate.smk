@@ -1,4 +1,5 @@
-# Per surface: tables (CSV/Markdown/LaTeX), figure, seed list; all in the HTML report.
+# Per surface: tables (CSV/Markdown/LaTeX), figure, seed list; all in the HTML report. A surface
+# with failed or missing cells fails the job, listing them, unless allow_missing is set.
 
 
 rule aggregate:
@@ -26,6 +27,7 @@ rule aggregate:
     params:
         surface=lambda wc: json.dumps(MATRIX.surfaces[wc.surface].to_dict(), sort_keys=True),
         results_dir=RESULTS,
+        allow_missing=ALLOW_MISSING,
     log:
         "logs/aggregate/{surface}.log",
     localrule: True

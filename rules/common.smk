@@ -6,7 +6,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from llqr.config import ConfigError
-from llqr.jobparams import JobParams, normalise_dir
+from llqr.jobparams import JobParams, config_flag, normalise_dir
 from llqr.matrix import expand, preset_base
 from llqr.resources import DEFAULTS as RESOURCE_DEFAULTS, preset_resources as _preset_resources
 
@@ -22,6 +22,7 @@ except ConfigError as exc:
 RESULTS = normalise_dir(config["results_dir"])
 CHECKPOINTS = normalise_dir(config["checkpoints_dir"])
 DATA = normalise_dir(config["data_dir"])
+ALLOW_MISSING = config_flag(config.get("allow_missing"), "allow_missing")  # "true" from --config counts
 # Used only with --software-deployment-method conda; `llqr` itself comes from the repo checkout.
 CONDA_ENV = f"../envs/{config.get('conda_env', 'cpu')}.yaml"
 
@@ -151,6 +152,6 @@ TUNE_RESOURCES["runtime"] = _tune_runtime
 def surface_inputs(wildcards):
     surface = MATRIX.surfaces[wildcards.surface]
     files = [f"{RESULTS}/cells/{cid}/summary.json" for cid in surface.cell_ids]
-    if config.get("allow_missing"):
+    if ALLOW_MISSING:
         files = [f for f in files if os.path.exists(f)]
     return files

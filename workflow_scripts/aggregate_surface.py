@@ -1,4 +1,8 @@
-"""Snakemake ``script:`` body: render one surface's tables, figure and seed list."""
+"""Snakemake ``script:`` body: render one surface's tables, figure and seed list.
+
+Failed or missing cells (any status but ok and diverged) fail the job with one line per cell,
+unless ``allow_missing`` is set; then they are listed in the log and the tables mark them.
+"""
 
 import json
 import sys
@@ -6,10 +10,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
 
-from llqr.report import OUTPUTS, render_surface  # noqa: E402
+from llqr.report import OUTPUTS, completeness_error, failed_cells, render_surface  # noqa: E402
 
 params, out = snakemake.params, snakemake.output  # noqa: F821
-written = render_surface(json.loads(params.surface), params.results_dir, Path(out.csv).parent)
+surface = json.loads(params.surface)
+failed = failed_cells(surface, params.results_dir)
+if failed and not params.allow_missing:
+    sys.exit(completeness_error(surface["name"], failed))
+if failed:
+    print(f"surface {surface['name']}: rendering without {len(failed)} cell(s):\n" + "\n".join(failed), file=sys.stderr)
+written = render_surface(surface, params.results_dir, Path(out.csv).parent)
 for name in OUTPUTS:
     expected = Path(getattr(out, name))
     if Path(written[name]).resolve() != expected.resolve() or not expected.is_file():

@@ -6,12 +6,11 @@ split), so the demo's training jobs read a real on-disk dataset like every other
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .arrays import ArrayDataset, save_npz_atomic
+from .arrays import ArrayDataset, read_npz, save_npz_atomic
 from .errors import DataError
 
 FILENAME = "digits.npz"
@@ -43,14 +42,7 @@ def load(directory: Path) -> ArrayDataset:
             f"digits data not found at {path}; create it with `snakemake data/digits/{FILENAME}` "
             f"or `python -m llqr.data.prepare digits {path}`"
         )
-    try:
-        with np.load(path) as data:
-            missing = [k for k in KEYS if k not in data.files]
-            if missing:
-                raise DataError(f"{path} is incomplete: missing arrays {missing}; re-create it")
-            arrays = {k: data[k] for k in KEYS}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is corrupt ({exc}); delete it and re-create it") from None
+    arrays = read_npz(path, KEYS, "delete it and re-create it")
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or x.shape[1:] != (8, 8) or len(x) != len(y) or len(y) == 0:

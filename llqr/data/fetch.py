@@ -19,11 +19,12 @@ def file_digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def verify(path: Path, checksums: dict) -> None:
+def verify(path: Path, checksums: dict, label=None) -> None:
+    """Check ``path`` against the configured digests; errors name ``label`` (default: the path)."""
     for algorithm in ("sha256", "md5"):
         expected = checksums.get(algorithm)
         if expected and file_digest(path, algorithm) != expected.lower():
-            raise DataError(f"{path}: {algorithm} mismatch (expected {expected}); the file is corrupt or not the official one")
+            raise DataError(f"{label or path}: {algorithm} mismatch (expected {expected}); the file is corrupt or not the official one")
 
 
 def fetch(url: str, dest: Path, checksums: dict | None = None, local: str | None = None, timeout: float = 60) -> Path:
@@ -32,14 +33,20 @@ def fetch(url: str, dest: Path, checksums: dict | None = None, local: str | None
     dest = Path(dest)
     checksums = checksums or {}
 
+    source = f"local copy {local}" if local else url
+    label = f"{source} (for {dest})"
+
     def write(tmp: Path) -> None:
         if local:
             if not Path(local).is_file():
-                raise DataError(f"configured local copy {local} does not exist")
-            shutil.copyfile(local, tmp)
+                raise DataError(f"configured local copy {local} does not exist (wanted for {dest}); fix 'local' in the config")
+            try:
+                shutil.copyfile(local, tmp)
+            except OSError as exc:
+                raise DataError(f"could not copy {label}: {exc.strerror or exc}") from None
         else:
             _download(url, tmp, dest, checksums, timeout)
-        verify(tmp, checksums)
+        verify(tmp, checksums, label)
 
     return write_atomic(dest, write)
 

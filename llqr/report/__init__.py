@@ -4,6 +4,6 @@ Pure pandas/matplotlib (no JAX), so it imports fast and runs anywhere, including
 partial run: ``render_surface`` is the one entry point the workflow needs.
 """
 
-from .render import OUTPUTS, render_surface
+from .render import OUTPUTS, completeness_error, failed_cells, render_surface
 
-__all__ = ["OUTPUTS", "render_surface"]
+__all__ = ["OUTPUTS", "completeness_error", "failed_cells", "render_surface"]

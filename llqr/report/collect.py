@@ -75,7 +75,10 @@ def read_summary(results_dir, cell_id: str, metric: str | None = None, mode: str
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
-        out.update(status="failed", message=f"unreadable summary.json: {exc}")
+        out.update(status="failed", message=f"unreadable {path} ({exc}); delete it and rerun the cell")
+        return out
+    if not data.get("status"):
+        out.update(status="failed", message=f"{path} has no status; delete it and rerun the cell")
         return out
     if metric is None or data.get("metric") == metric:
         out["final"], out["final_step"] = _point(data.get("final"))
@@ -84,7 +87,7 @@ def read_summary(results_dir, cell_id: str, metric: str | None = None, mode: str
         out.update(_from_curve(results_dir, cell_id, metric, mode))
     div = data.get("diverged_at_step")
     out["diverged_at_step"] = int(div) if isinstance(div, (int, float)) and not isinstance(div, bool) else None
-    out["status"] = str(data.get("status") or "failed")
+    out["status"] = str(data["status"])
     out["message"] = data.get("message")
     if out["status"] == "ok" and out["final"] is None:
         # An "ok" run without a final value cannot enter a mean; count it as failed, visibly.

@@ -29,6 +29,24 @@ def seeds_record(surface: dict) -> dict:
     return {"seeds": [int(s) for s in surface["seeds"]], "cells": cells}
 
 
+# Statuses that are results, not failures: a diverged run is a finding of the surface.
+RESULT_STATUSES = ("ok", "diverged")
+
+
+def failed_cells(surface: dict, results_dir) -> list[str]:
+    """One line per cell that is missing or did not end in a result status (ok, diverged)."""
+    entries = entries_frame(surface, results_dir)
+    bad = entries[~entries["status"].isin(RESULT_STATUSES)]
+    return [f"  {cell}: {reason}" for cell, reason in excluded_cells(bad)]
+
+
+def completeness_error(name: str, failed: list[str]) -> str:
+    """The aggregate job's failure message: the failed cells and what to do about them."""
+    return (f"surface {name}: {len(failed)} cell(s) failed or missing:\n" + "\n".join(failed) +
+            "\nfix their cause and rerun snakemake (delete a cell's summary.json, or use --forcerun on it, to "
+            "retrain a cell that recorded a failure), or pass --config allow_missing=true to render without them")
+
+
 def render_surface(surface: dict, results_dir, out_dir) -> dict:
     """Read the surface's cells under ``results_dir`` and write its tables, figure and seeds.
 

@@ -8,6 +8,7 @@ import traceback
 from pathlib import Path
 
 from ..config import build_config
+from ..data.errors import DataError
 from ..joblog import job_log
 
 
@@ -31,8 +32,15 @@ def train_from_workflow(config_json: str, cell_id: str, *, results_dir, checkpoi
                 out(f"[{cell_id}] tuned by {tuned}")
             cfg = build_config(config)
             command = f"snakemake rule train, cell {cell_id} (argv: {' '.join(sys.argv)})"
+            # Data the workflow does not manage (dataset_dir) is no declared input: a data error
+            # must fail the job, not record a failed-data result Snakemake would never redo.
             run(cfg, cell_id=cell_id, results_dir=results_dir, checkpoints_dir=checkpoints_dir,
-                data_root=data_root, command=command, inputs=[tuned] if tuned else [], out=out)
+                data_root=data_root, command=command, inputs=[tuned] if tuned else [],
+                record_data_failure=not cfg.dataset_dir, out=out)
+        except DataError as exc:
+            out(f"[{cell_id}] data error in dataset_dir {cfg.dataset_dir}: {exc}; "
+                "fix the data there and rerun snakemake (the cell is retrained)")
+            return 3
         except Preempted as exc:
             out(str(exc))
             return PREEMPTED_EXIT_CODE

@@ -391,10 +391,12 @@ def _run_cell(
     command: str = "",
     prepare_missing: bool = False,
     inputs=(),
+    record_data_failure: bool = True,
     out=print,
 ) -> dict:
     """``run`` without the lock. ``inputs``: files besides the dataset the result depends on (a
-    tuned cell's best.json)."""
+    tuned cell's best.json). ``record_data_failure=False`` re-raises a DataError instead of
+    recording a ``failed-data`` summary (data outside the workflow: the job fails and reruns)."""
     config = cfg.to_dict()
     paths = CellPaths.for_cell(cell_id, results_dir, checkpoints_dir)
     build_model(cfg, num_classes=10)  # fail fast on a model that does not exist yet
@@ -418,6 +420,8 @@ def _run_cell(
     try:
         data = load_dataset(cfg, data_root, prepare_missing=prepare_missing)
     except DataError as exc:
+        if not record_data_failure:
+            raise
         out(f"[{cell_id}] data error: {exc}")
         summary = _summary(cell_id, "failed-data", None, None, 0, 0, time.time() - t_start, message=str(exc))
         _write_outputs(paths, summary, base_record, live_metrics=None)
