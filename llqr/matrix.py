@@ -18,7 +18,9 @@ from urllib.parse import quote
 
 from .config import FIELDS, PRECOND_KEYS, SAM_KEYS, SCHEDULE_FAMILIES, ConfigError
 from .config.fields import DATASET_ONLY_KEYS, INERT_KEYS, MODEL_ONLY_KEYS, NOISE_KEYS, OPTIMIZER_ONLY_KEYS
-from .config.presets import apply_overrides, build_config, load_preset
+from .config.presets import apply_overrides, build_config, list_presets, load_preset
+from .config.validate import check_path_name
+from .resources import check_resource_presets
 from .tune.space import check_space, corners
 
 # Short names used in cell ids (others appear in full).
@@ -547,11 +549,13 @@ def expand(workflow_config: dict, presets_dir=None) -> Matrix:
     for name, spec in surfaces_spec.items():
         if spec is None:  # a surface switched off by a later config file
             continue
-        if "/" in name or not name:
+        if "/" in str(name) or not name:
             raise ConfigError(f"surface name {name!r} must be non-empty and contain no '/'")
+        check_path_name(name, "surface name")
         surfaces[name] = expand_surface(name, spec, cells, presets_dir, cache, studies)
     if not surfaces:
         raise ConfigError("the workflow config defines no surfaces (all are switched off)")
+    check_resource_presets(workflow_config, list_presets(presets_dir))
     return Matrix(surfaces=surfaces, cells=cells, studies=studies)
 
 

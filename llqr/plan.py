@@ -21,16 +21,37 @@ import json
 import sys
 from pathlib import Path
 
+from .config import ConfigError
 from .cost import STEP_TIMES, StepTime, cell_cost, load_step_times
 from .matrix import expand, load_workflow_config
 from .resources import preset_resources, resource
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ("demo", "demo_extra", "paper", "studies")
+SCHEMA = REPO / "config" / "schema" / "config.schema.yaml"  # the one the Snakefile validates with
+
+
+def validate_schema(config: dict) -> None:
+    """The Snakefile's JSON-schema check, as one ConfigError naming the offending key."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "config"
+        raise ConfigError(f"{where}: {error.message} (schema {SCHEMA.relative_to(REPO)})")
 
 
 def _config(files) -> dict:
-    return load_workflow_config(REPO / "config" / "config.yaml", *files)
+    import yaml
+
+    try:
+        config = load_workflow_config(REPO / "config" / "config.yaml", *files)
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # a missing file, invalid YAML
+        raise ConfigError(f"cannot read the workflow config: {exc}") from None
+    validate_schema(config)
+    return config
 
 
 def select(matrix, targets) -> list[str]:
@@ -219,6 +240,15 @@ def estimate(args) -> int:
 
 
 def main(argv=None) -> int:
+    """The CLI; any config problem is one line ``error: ...`` and exit status 2."""
+    try:
+        return _main(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--configfile", nargs="+", default=[], help="extra workflow config files (after config.yaml)")

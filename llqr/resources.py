@@ -11,6 +11,16 @@ import os
 DEFAULTS = {"mem_mb": 2000, "runtime": 30, "cpus_per_task": 1, "gpu": 0}
 
 
+def check_resource_presets(config: dict, known) -> None:
+    """Every ``resources.presets`` entry names a preset (a typo would silently get the defaults)."""
+    from .config.validate import ConfigError, suggest
+
+    for name in (config.get("resources") or {}).get("presets") or {}:
+        if name not in known:
+            raise ConfigError(f"resources.presets: unknown preset '{name}'{suggest(name, known)}; "
+                              "fix or remove the entry")
+
+
 def preset_resources(config: dict, preset: str, environ=None) -> dict:
     """``resources.default`` updated by ``resources.presets.<preset>``, plus the account and partition
     from ``cluster:`` or $LLQR_SLURM_ACCOUNT / $LLQR_SLURM_PARTITION."""

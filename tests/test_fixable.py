@@ -112,3 +112,78 @@ def test_fetch_checksum_error_names_the_source_and_destination_not_a_temp_file(t
         fetch("https://example.invalid/a.tar.gz", dest, {"sha256": "0" * 64}, local=str(local))
     message = str(info.value)
     assert str(local) in message and str(dest) in message and ".tmp" not in message and "tmp" not in message.replace(str(tmp_path), "")
+
+
+# --- B1: resources.presets entries must name presets ------------------------------------------
+def test_resources_for_an_unknown_preset_is_an_error_with_a_suggestion():
+    from llqr.config import ConfigError
+
+    config = {**load_workflow_config(REPO / "config/config.yaml"), "resources": {"presets": {"digits-mpl": {"gpu": 1}}}}
+    with pytest.raises(ConfigError, match=r"resources.presets: unknown preset 'digits-mpl' \(did you mean 'digits-mlp'\?\)"):
+        expand(config)
+
+
+# --- B2: preset names, surface names and --cell-id stay inside their folders ----------------
+@pytest.mark.parametrize("name", ["../digits-mlp", "/etc/passwd", "_cifar", "a/../../b"])
+def test_preset_names_cannot_escape_or_name_hidden_bases(name):
+    from llqr.config import ConfigError, load_preset
+
+    with pytest.raises(ConfigError, match="must be a plain relative name"):
+        load_preset(name)
+
+
+def test_surface_names_cannot_escape_the_surfaces_folder():
+    from llqr.config import ConfigError
+
+    config = load_workflow_config(REPO / "config/config.yaml")
+    config["surfaces"] = {"..": ONE["surfaces"]["one"]}
+    with pytest.raises(ConfigError, match="surface name '..' must be a plain relative name"):
+        expand(config)
+
+
+@pytest.mark.parametrize("cid", ["../../etc/x/seed1", "/tmp/x/seed1", "_x/default/seed1", "a//seed1"])
+def test_cli_cell_id_cannot_escape_the_results_folder(cid, tmp_path, capsys):
+    from llqr.train.cli import main
+
+    rc = main(["preset=digits-mlp", "--cell-id", cid, "--results-dir", str(tmp_path)])
+    assert rc == 2 and "--cell-id" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+# --- B3: python -m llqr.plan checks the schema and prints one line ----------------------------
+@pytest.mark.parametrize("text,expected", [("allow_missing: maybe\n", "error: allow_missing: "),
+                                           ("surfacez: 1\n", "'surfacez' was unexpected"),
+                                           ("resources: {presets: {nope-x: {gpu: 1}}}\n", "unknown preset 'nope-x'")])
+def test_plan_applies_the_schema_and_reports_one_line(tmp_path, capsys, text, expected):
+    from llqr.plan import main
+
+    (tmp_path / "c.yaml").write_text(text)
+    assert main(["--summary", "--configfile", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_plan_accepts_allow_missing_true_as_passed_by_config(tmp_path):
+    from llqr.jobparams import config_flag
+    from llqr.plan import validate_schema
+
+    config = {**load_workflow_config(REPO / "config/config.yaml"), "allow_missing": "true"}
+    validate_schema(config)
+    assert config_flag("true", "allow_missing") is True and config_flag(False, "allow_missing") is False
+
+
+# --- B4: Ctrl-C checkpoints like SIGTERM ---------------------------------------------------------
+def test_sigint_checkpoints_and_preempts_like_sigterm(tmp_path, digits_root):
+    import signal
+
+    from llqr.config import resolve
+    from llqr.train.loop import PREEMPTED_EXIT_CODE, Preempted, run
+
+    def out(line):
+        if "step 10/" in line:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Preempted):
+        run(resolve("digits-mlp-smoke", {"total_epochs": 4}), cell_id="t/default/seed1", results_dir=tmp_path / "r",
+            checkpoints_dir=tmp_path / "c", data_root=digits_root, out=out)
+    assert PREEMPTED_EXIT_CODE == 75 and list((tmp_path / "c").glob("t/default/seed1/*/orbax/1*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

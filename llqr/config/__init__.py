@@ -3,7 +3,7 @@
 from .fields import FIELDS, PRECOND_KEYS, SAM_KEYS, RunConfig
 from .presets import apply_overrides, build_config, list_presets, load_preset, parse_overrides, presets_dir, resolve
 from .schedule_families import SCHEDULE_FAMILIES, SCHEDULE_KEYS
-from .validate import ConfigError
+from .validate import ConfigError, check_path_name
 
 __all__ = [
     "FIELDS",

@@ -22,6 +22,17 @@ def suggest(word: str, candidates) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def check_path_name(name, what: str, hidden_ok: bool = False) -> str:
+    """``name`` if it is safe to build a path from: relative, no '..' component, not a hidden
+    ``_`` base (unless ``hidden_ok``: an ``inherits``); else a one-line ConfigError naming ``what``."""
+    text = str(name)
+    parts = text.replace("\\", "/").split("/")
+    hidden = text.startswith("_") and not hidden_ok
+    if not text or text.startswith(("/", "\\", "~")) or ".." in parts or hidden:
+        raise ConfigError(f"{what} {text!r} must be a plain relative name (no '..', no leading '/', '~' or '_')")
+    return text
+
+
 def unknown_key(key: str, where: str = "run config") -> ConfigError:
     return ConfigError(f"unknown key '{key}' in {where}{suggest(key, FIELDS)}")
 

@@ -10,7 +10,7 @@ import argparse
 import shlex
 import sys
 
-from ..config import ConfigError, build_config, parse_overrides, resolve
+from ..config import ConfigError, build_config, check_path_name, parse_overrides, resolve
 from ..matrix import cell_id as make_cell_id
 from ..matrix import BOOKKEEPING_KEYS, normalise, preset_base
 from ..models import ModelNotAvailable
@@ -52,11 +52,21 @@ def resolve_cell(items: list[str]):
     return build_config(config), cid
 
 
+def check_cell_id(cell_id: str) -> str:
+    """A --cell-id stays inside results/cells and checkpoints (no '..', absolute path or '_' start)."""
+    for part in cell_id.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            raise ConfigError(f"--cell-id {cell_id!r} has an empty or '.' component; use e.g. preset/variant/seed1")
+    return check_path_name(cell_id, "--cell-id")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
         cfg, cid = resolve_cell(args.overrides)
+        if args.cell_id is not None:
+            check_cell_id(args.cell_id)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

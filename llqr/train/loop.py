@@ -109,9 +109,10 @@ def step_accounting(cfg: RunConfig, mbpe: float) -> tuple[float, int]:
 
 
 class _SignalFlag:
-    """Turns SIGTERM/SIGUSR1 into a flag the loop reads at step boundaries."""
+    """Turns SIGTERM/SIGUSR1/SIGINT (Ctrl-C) into a flag the loop reads at step boundaries; a
+    second Ctrl-C stops at once."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
         self.received: int | None = None
@@ -126,6 +127,8 @@ class _SignalFlag:
         return self
 
     def _handle(self, signum, _frame):
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt
         self.received = signum
         print(f"received signal {signal.Signals(signum).name}: checkpointing at the next step boundary", flush=True)
 
