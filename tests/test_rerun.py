@@ -156,6 +156,15 @@ def test_a_truncated_metrics_log_resumes_from_the_step_it_still_matches(tmp_path
     assert _comparable(tmp_path / "results") == uninterrupted
 
 
+def test_a_kill_during_the_only_save_starts_the_run_again(tmp_path, digits_root, uninterrupted):
+    orbax = _preempted_at_31(tmp_path, digits_root)
+    for step in (20, 30, 31):  # as if killed before each save wrote its digest (the last file)
+        (orbax / str(step) / "llqr_digest.json").unlink()
+    summary, lines = _run(tmp_path, digits_root, **LONG)
+    assert sum("has no llqr_digest.json" in line for line in lines) == 3 and not _resumed(lines)
+    assert summary["status"] == "ok" and _comparable(tmp_path / "results") == uninterrupted
+
+
 def test_no_intact_checkpoint_left_fails_naming_what_to_delete(tmp_path, digits_root):
     from llqr.train.checkpoint import NoIntactCheckpoint
 

@@ -101,7 +101,7 @@ def _cli(workdir: Path, extra=()):
 def _committed_steps(ckpt_root: Path):
     try:
         return sorted(int(p.name) for p in ckpt_root.glob("**/orbax/*")
-                      if p.name.isdigit() and (p / "commit_success.txt").exists())
+                      if p.name.isdigit() and (p / "llqr_digest.json").exists())  # written last
     except FileNotFoundError:  # the glob raced with Orbax renaming a temporary directory: look again later
         return []
 

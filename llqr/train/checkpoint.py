@@ -98,8 +98,9 @@ class Checkpointer:
 
     def restore_verified(self, like_state, metrics_log: Path | None = None, out=print):
         """(step, state, meta) of the newest step that passes ``step_problem``, or None when nothing
-        was saved. Failing steps are moved aside, each with one line naming it; when all fail,
-        NoIntactCheckpoint names the folder to delete."""
+        (complete) was saved. Failing steps are moved aside, each with one line naming it; when all
+        fail and one of them was damaged (not merely cut off while saving), NoIntactCheckpoint
+        names the folder to delete."""
         for step in sorted(self._mgr.all_steps(), reverse=True):
             try:
                 state, meta = self.restore(step, like_state)
@@ -112,7 +113,9 @@ class Checkpointer:
             moved = self._quarantine(step, tag)
             out(f"checkpoint step {step} {message}: moved to {moved}; trying the next older step")
         bad = self.directory.parent / QUARANTINE
-        if bad.is_dir() and any(bad.iterdir()):
+        # a step cut off while saving (no digest yet: a kill during the save) is an unfinished
+        # save, not damage: with nothing older the run starts again; damaged steps need a person
+        if bad.is_dir() and any(not p.name.startswith("step-") or "-no-digest" not in p.name for p in bad.iterdir()):
             raise NoIntactCheckpoint(
                 f"no intact checkpoint left in {self.directory} (failed steps are in {bad}); delete "
                 f"{self.directory.parent} to train this cell from step 0")
