@@ -559,6 +559,23 @@ def expand(workflow_config: dict, presets_dir=None) -> Matrix:
     return Matrix(surfaces=surfaces, cells=cells, studies=studies)
 
 
+SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema" / "config.schema.yaml"
+
+
+def validate_schema(config: dict) -> None:
+    """The workflow config's JSON-schema check, as one ConfigError naming the offending key (the
+    Snakefile runs it before Snakemake's own, whose message for a bad surface is only "not valid
+    under any of the given schemas"; llqr.plan runs it too)."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "config"
+        raise ConfigError(f"{where}: {error.message} (schema config/schema/{SCHEMA.name})")
+
+
 def load_workflow_config(*paths) -> dict:
     """Deep-merge YAML files the way Snakemake merges --configfile (for use outside Snakemake)."""
     import yaml

@@ -23,24 +23,11 @@ from pathlib import Path
 
 from .config import ConfigError
 from .cost import STEP_TIMES, StepTime, cell_cost, load_step_times
-from .matrix import expand, load_workflow_config
+from .matrix import expand, load_workflow_config, validate_schema
 from .resources import preset_resources, resource
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ("demo", "demo_extra", "paper", "studies")
-SCHEMA = REPO / "config" / "schema" / "config.schema.yaml"  # the one the Snakefile validates with
-
-
-def validate_schema(config: dict) -> None:
-    """The Snakefile's JSON-schema check, as one ConfigError naming the offending key."""
-    import jsonschema
-    import yaml
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "config"
-        raise ConfigError(f"{where}: {error.message} (schema {SCHEMA.relative_to(REPO)})")
 
 
 def _config(files) -> dict:

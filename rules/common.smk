@@ -7,11 +7,15 @@ from snakemake.utils import validate
 
 from llqr.config import ConfigError
 from llqr.jobparams import JobParams, config_flag, normalise_dir
-from llqr.matrix import expand, preset_base
+from llqr.matrix import expand, preset_base, validate_schema
 from llqr.resources import DEFAULTS as RESOURCE_DEFAULTS, preset_resources as _preset_resources
 
 
-validate(config, schema="../config/schema/config.schema.yaml")
+try:
+    validate_schema(config)  # one line naming the offending key
+except ConfigError as exc:
+    raise WorkflowError(f"invalid workflow config: {exc}") from None
+validate(config, schema="../config/schema/config.schema.yaml")  # fills in the schema's defaults
 try:
     MATRIX = expand(config)
 except ConfigError as exc:

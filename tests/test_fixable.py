@@ -171,6 +171,14 @@ def test_plan_accepts_allow_missing_true_as_passed_by_config(tmp_path):
     assert config_flag("true", "allow_missing") is True and config_flag(False, "allow_missing") is False
 
 
+def test_a_schema_error_inside_a_surface_names_the_key_at_dry_run(tmp_path):
+    config = write_yaml(tmp_path / "bad.yaml", {"surfaces": {"demo_llqr": {"metric": "accuracy"}}})
+    proc = run_snakemake(["-n", "--configfile", str(config)], tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "surfaces/demo_llqr/metric: 'accuracy' is not one of" in out, out
+    assert "not valid under any of the given schemas" not in out
+
+
 # --- B4: Ctrl-C checkpoints like SIGTERM ---------------------------------------------------------
 def test_sigint_checkpoints_and_preempts_like_sigterm(tmp_path, digits_root):
     import signal
