@@ -230,6 +230,12 @@ def normalise(config: dict, base: dict) -> dict:
     out = dict(config)
     for key in (*INERT_KEYS, *BOOKKEEPING_KEYS):  # bookkeeping travels in Cell.settings instead
         out[key] = base[key]
+    if (out["sam_mode"] == "fisher_sam" and out["precond_identity_scaling"] == 1.0
+            and not out["block_structure"].startswith("psd-")):
+        # fisher_sam never fits P and its outer update is vanilla, so P stays the identity (exactly,
+        # but for the psd structures' r² + ε) and the LLQR toggle cannot change the run: both
+        # settings are the LLQR-off cell
+        out["use_preconditioner"] = False
     if not out["use_preconditioner"]:
         inert = set(PRECOND_KEYS)
         if out["precond_identity_scaling"] != 1.0:

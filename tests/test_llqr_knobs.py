@@ -70,3 +70,16 @@ def test_fast_paths_knob_is_inert_and_never_splits_cells():
     matrix = expand({"surfaces": {"on": surface(True), "off": surface(False)}})
     assert matrix.surfaces["on"].cell_ids == matrix.surfaces["off"].cell_ids
     assert len(matrix.cells) == 1
+
+
+def test_fisher_sam_makes_the_llqr_toggle_one_cell_without_a_rule():
+    toggle = [{"label": "off", "set": {"use_preconditioner": False, "sam_use_preconditioner_on_update": False}},
+              {"label": "on", "set": {"use_preconditioner": True, "sam_use_preconditioner_on_update": True,
+                                      "divergence": "newton", "ema_decay": 0.9}}]
+
+    sam = [{"label": mode, "set": {"sam_mode": mode}} for mode in ("base_sam", "fisher_sam")]
+    matrix = expand({"surfaces": {"s": {"group": "demo", "metric": "test_accuracy", "presets": ["digits-mlp-smoke"],
+                                        "seeds": [42], "axes": {"sam": sam, "llqr": toggle}}}})
+    fisher = {e.cell_id for e in matrix.surfaces["s"].entries if e.labels["sam"] == "fisher_sam"}
+    assert len(fisher) == 1 and not matrix.cells[fisher.pop()].config["use_preconditioner"]
+    assert len(matrix.cells) == 3  # base_sam: the toggle matters there
