@@ -56,6 +56,20 @@ class ArrayDataset:
         pass
 
 
+def image_dataset(name: str, path: Path, arrays: dict, image_shape: tuple, classes: int, scale) -> ArrayDataset:
+    """``arrays``' train/test images (N, *image_shape) and labels, checked for shape and label
+    range (a DataError naming ``path`` otherwise), with ``scale`` mapping stored pixels to inputs."""
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.shape[1:] != tuple(image_shape) or len(x) != len(y) or len(y) == 0:
+            raise DataError(f"{path}: {split} arrays have unexpected shapes {x.shape} / {y.shape}")
+        if y.min() < 0 or y.max() >= classes:
+            raise DataError(f"{path}: {split} labels outside 0..{classes - 1}")
+    return ArrayDataset(name=name, path=str(path), x_train=scale(arrays["x_train"]),
+                        y_train=arrays["y_train"].astype(np.int32), x_test=scale(arrays["x_test"]),
+                        y_test=arrays["y_test"].astype(np.int32), num_classes=classes)
+
+
 def read_npz(path: Path, keys, fix: str) -> dict:
     """The named arrays of a .npz file; a missing array or an unreadable (truncated, corrupt,
     bad-deflate) file is a DataError naming the file, and ``fix`` says what to do."""

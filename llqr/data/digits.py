@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrays import ArrayDataset, read_npz, save_npz_atomic
+from .arrays import ArrayDataset, image_dataset, read_npz, save_npz_atomic
 from .errors import DataError
 
 FILENAME = "digits.npz"
@@ -43,19 +43,4 @@ def load(directory: Path) -> ArrayDataset:
             f"or `python -m llqr.data.prepare digits {path}`"
         )
     arrays = read_npz(path, KEYS, "delete it and re-create it")
-    for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.ndim != 3 or x.shape[1:] != (8, 8) or len(x) != len(y) or len(y) == 0:
-            raise DataError(f"{path}: {split} arrays have unexpected shapes {x.shape} / {y.shape}")
-        if y.min() < 0 or y.max() > 9:
-            raise DataError(f"{path}: {split} labels outside 0..9")
-    scale = lambda x: (x.astype(np.float32) / 16.0)[..., None]  # noqa: E731  (N, 8, 8, 1)
-    return ArrayDataset(
-        name="digits",
-        path=str(path),
-        x_train=scale(arrays["x_train"]),
-        y_train=arrays["y_train"].astype(np.int32),
-        x_test=scale(arrays["x_test"]),
-        y_test=arrays["y_test"].astype(np.int32),
-        num_classes=10,
-    )
+    return image_dataset("digits", path, arrays, (8, 8), 10, lambda x: (x.astype(np.float32) / 16.0)[..., None])

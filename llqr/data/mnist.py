@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrays import ArrayDataset, read_npz
+from .arrays import ArrayDataset, image_dataset, read_npz
 from .errors import DataError
 
 FILENAME = "mnist.npz"
@@ -34,18 +34,4 @@ def normalize(images: np.ndarray) -> np.ndarray:
 def load(directory: Path) -> ArrayDataset:
     path = find_source(Path(directory))
     arrays = read_npz(path, KEYS, "delete it and fetch it again")
-    for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.ndim != 3 or x.shape[1:] != (28, 28) or len(x) != len(y) or len(y) == 0:
-            raise DataError(f"{path}: {split} arrays have unexpected shapes {x.shape} / {y.shape}")
-        if y.min() < 0 or y.max() > 9:
-            raise DataError(f"{path}: {split} labels outside 0..9")
-    return ArrayDataset(
-        name="mnist",
-        path=str(path),
-        x_train=normalize(arrays["x_train"]),
-        y_train=arrays["y_train"].astype(np.int32),
-        x_test=normalize(arrays["x_test"]),
-        y_test=arrays["y_test"].astype(np.int32),
-        num_classes=10,
-    )
+    return image_dataset("mnist", path, arrays, (28, 28), 10, normalize)
