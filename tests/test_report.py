@@ -217,11 +217,19 @@ def test_cli(results, tmp_path, capsys):
 
 def test_workflow_script(results, tmp_path, monkeypatch):
     out = tmp_path / "surfaces" / "demo_optimizers"
-    fake = SimpleNamespace(
-        scriptdir=str(REPO / "workflow_scripts"),
-        params=SimpleNamespace(surface=json.dumps(_surface()), results_dir=str(results)),
-        output=SimpleNamespace(**{name: str(out / filename) for name, filename in OUTPUTS.items()}),
-    )
+
+    def script(allow_missing):
+        fake = SimpleNamespace(
+            scriptdir=str(REPO / "workflow_scripts"),
+            params=SimpleNamespace(surface=json.dumps(_surface()), results_dir=str(results),
+                                   allow_missing=allow_missing),
+            output=SimpleNamespace(**{name: str(out / filename) for name, filename in OUTPUTS.items()}),
+        )
+        runpy.run_path(str(REPO / "workflow_scripts" / "aggregate_surface.py"), init_globals={"snakemake": fake})
+
     monkeypatch.setattr(sys, "path", list(sys.path))  # the script prepends the repo root
-    runpy.run_path(str(REPO / "workflow_scripts" / "aggregate_surface.py"), init_globals={"snakemake": fake})
+    with pytest.raises(SystemExit, match=r"1 cell\(s\) failed or missing:\n  digits-mlp/opt=sgd/seed43: missing"):
+        script(allow_missing=False)  # the fixture lacks one cell
+    assert not out.exists()
+    script(allow_missing=True)
     assert all((out / filename).is_file() for filename in OUTPUTS.values())
