@@ -13,25 +13,17 @@ import hashlib
 from pathlib import Path
 
 from ..data import NUMERIC_CACHE, TRANSLATION_ARCHIVE, dataset_dir
+from ..data.fetch import file_digest
 from ..matrix import canonical_json, config_hash
-
-CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def path_digests(path: Path) -> dict[str, str]:
     """{name: sha256} of a file, or of every file under a folder (names relative to its parent)."""
     path = Path(path)
     if path.is_dir():
-        return {str(p.relative_to(path.parent)): file_sha256(p) for p in sorted(path.rglob("*")) if p.is_file()}
-    return {path.name: file_sha256(path)}
+        return {str(p.relative_to(path.parent)): file_digest(p, "sha256")
+                for p in sorted(path.rglob("*")) if p.is_file()}
+    return {path.name: file_digest(path, "sha256")}
 
 
 def dataset_files(cfg, data, data_root) -> list[Path]:
