@@ -46,8 +46,10 @@ ALIASES = {
     "precond_lr": "plr",
     "total_epochs": "epochs",
 }
-METRICS = {"test_accuracy": "max", "test_loss": "min", "train_loss": "min", "train_accuracy": "max", "valid_bleu": "max", "test_bleu": "max",
-           "opt_state_bytes": "min", "ms_per_step": "min", "noise_ratio": "max", "noise_G": "min", "noise_N": "min"}  # the last two: cost columns of the optimizer studies
+# opt_state_bytes and ms_per_step: cost columns of the optimizer studies
+METRICS = {"test_accuracy": "max", "test_loss": "min", "train_loss": "min", "train_accuracy": "max",
+           "valid_bleu": "max", "test_bleu": "max", "opt_state_bytes": "min", "ms_per_step": "min",
+           "noise_ratio": "max", "noise_G": "min", "noise_N": "min"}
 _SAFE = "-_.=+:@"  # no ",": Snakemake's --target-jobs (how cluster jobs name their cell) splits on it
 _MAX_SEGMENT = 180
 SEPARATOR = "__"  # between the key=value parts of a cell id
