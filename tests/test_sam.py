@@ -5,7 +5,7 @@ The quadratic: 3 parameters in two top-level groups, ``layer_a/kernel`` (2) and 
 (1), per-sample loss ½ Σ_i h_i (w_i − x_i)², so the mean gradient is h ⊙ (w − x̄). P is a known
 diagonal swapped into the LLQR state; the main optimizer is plain SGD, so one step is
 θ ← θ − lr·u with u = P·g_p (LLQR update) or g_p (vanilla). The reference values are numpy float64
-transcriptions of the spec table (specs/training_surface.md section 2).
+transcriptions of the mode table in docs/algorithms.md ("SAM modes").
 """
 
 import json
@@ -78,7 +78,7 @@ def _run_steps(step_fn, state, batches, *extra):
     return state, out
 
 
-# --- numpy reference (the spec table, by hand) ----------------------------------------------------
+# --- numpy reference (the mode table, by hand) ----------------------------------------------------
 
 GROUPS = (slice(0, 2), slice(2, 3))  # the two top-level keys
 

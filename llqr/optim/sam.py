@@ -1,8 +1,8 @@
 """The SAM family's perturbations and buffers, as pure functions of pytrees.
 
 Sharpness-aware steps evaluate the gradient at a perturbed point θ+ε and update θ with it. The
-modes differ only in how ε is built and which running buffers they keep (specs/training_surface.md
-section 2, whose table is the contract):
+modes differ only in how ε is built and which running buffers they keep (docs/algorithms.md,
+"SAM modes", whose mode table is the contract):
 
 - ``base_sam``:   ε = ρ·D(g_c)
 - ``base_fsam``:  ε = ρ·D(g_c − gbar) (first SAM step: ρ·D(g_c)); then gbar ← β·gbar + (1−β)·g_c
@@ -16,7 +16,7 @@ D(v) is a transform (``perturb_mode``) followed by a normalisation (``norm_mode`
 callable ``precond(tree) -> tree``, and nothing is differentiated through: the runner wraps ε in
 ``stop_gradient``.
 
-**"Step 0".** The spec says base_fsam uses v = g_c and past_fsam ε = 0 "at step 0". We read that
+**"Step 0".** The mode table says base_fsam uses v = g_c and past_fsam ε = 0 "at step 0". We read that
 as *the first SAM step*, counted by ``buffers["count"]`` (SAM steps taken; in the train state and
 checkpointed): with ``start_sam_after_step=N`` the first SAM step is loop step N, and after a resume
 the counter, not the loop step, says whether the buffers are live. Since the buffers start at zero
@@ -194,7 +194,7 @@ def perturbation(mode: str, *, params, buffers, g_c, rho, precond, perturb_mode:
 
 
 def update_buffers(mode: str, buffers, *, g_c, g_p, beta: float, perturb_mode: str, gbar_eps: float):
-    """The buffers after a SAM step (spec table, last column); ``count`` always advances.
+    """The buffers after a SAM step (the mode table's last column); ``count`` always advances.
 
     base_fsam: gbar ← β·gbar + (1−β)·g_c (unit-normalised under ema_direction). past_fsam:
     gbar ← β·gbar + (1−β)·g_last_old, g_last ← g_p (the gradient this step trained on). gbar thus lags

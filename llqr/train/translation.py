@@ -1,6 +1,6 @@
 """Evaluation of translation runs: token metrics, beam-search BLEU, and when BLEU is due.
 
-Cadence and names follow the reference (specs/training_surface.md section 4): every
+Cadence and names follow the reference (docs/workflow.md, "Translation"): every
 ``test_eval_freq`` the valid token accuracy and loss; a "full" BLEU on the whole valid split every
 ``full_eval_freq`` and at the end, otherwise a "sampled" BLEU on the first ``bleu_max_examples``
 valid sentences every ``bleu_sampled_freq``. Ours: the final evaluation also scores the test
