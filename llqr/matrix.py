@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from .config import FIELDS, PRECOND_KEYS, SAM_KEYS, SCHEDULE_FAMILIES, ConfigError
-from .config.fields import DATASET_ONLY_KEYS, INERT_KEYS, MODEL_ONLY_KEYS, NOISE_KEYS, OPTIMIZER_ONLY_KEYS
+from .config import FIELDS, SCHEDULE_FAMILIES, ConfigError
+from .config.fields import BOOKKEEPING_KEYS, INERT_KEYS, PARAMS_OWNERS, TABLES, is_read, omitted_at_default
 from .config.presets import apply_overrides, build_config, list_presets, load_preset
 from .config.validate import check_path_name
 from .resources import check_resource_presets
@@ -95,24 +95,24 @@ class Study:
         return canonical_json(self.to_dict())
 
 
-_KEY_OWNERS = (("model", MODEL_ONLY_KEYS), ("dataset", DATASET_ONLY_KEYS), ("optimizer", OPTIMIZER_ONLY_KEYS),
-               ("noise", NOISE_KEYS))
+# The keys read only for some models, datasets, optimizers or noise modes (their field's read_when).
+_OWNED_KEYS = tuple(k for owner in PARAMS_OWNERS for k in TABLES.owned[owner])
 
 
 def _unread(config: dict) -> dict:
     """The keys of ``config`` that its model, dataset, optimizer or noise mode never reads."""
-    return {key: config[key] for owner, keys in _KEY_OWNERS for key, readers in keys.items()
-            if key in config and config.get(owner) not in readers}
+    return {key: config[key] for key in _OWNED_KEYS if key in config and not is_read(key, config)}
 
 
 def rule_params(config: dict) -> dict:
     """The config without the keys its model and dataset never read (a Transformer's width in an
     MLP cell, BLEU settings in an image cell), so adding or retuning such a key re-runs only the
     cells that read it. The runner fills the dropped keys back with their (unread) defaults."""
-    out = {k: v for k, v in config.items() if k not in _unread(config) and k not in BOOKKEEPING_KEYS}
-    # keys whose default is the behaviour cells had before the key existed: absent unless changed
-    for key, default in (("precision", "fp32"), ("noise", "minibatch"), ("noise_stats_from_epoch", None),
-                         ("noise_stats_batches", 16), ("train_fraction", 1.0), ("data_parallel", False)):
+    unread = _unread(config)
+    out = {k: v for k, v in config.items() if k not in unread and k not in BOOKKEEPING_KEYS}
+    # keys whose default is the behaviour cells had before the key existed (their field says
+    # params_at_default=False): absent unless changed
+    for key, default in omitted_at_default().items():
         if out.get(key) == default:
             out.pop(key, None)
     return out
@@ -190,11 +190,6 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]
 
 
-# How a run is looked after, never what it computes (a resumed run is bit-exact): not part of a
-# cell's id, its rule params or its checkpoint key.
-BOOKKEEPING_KEYS = ("checkpoint_freq", "keep_checkpoints", "report_freq", "preempt_handling")
-
-
 def identity_config(config: dict) -> dict:
     """``config`` without the bookkeeping keys: what a checkpoint key hashes."""
     return {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
@@ -228,7 +223,9 @@ def _fmt_schedule(sched: dict) -> str:
 
 
 def normalise(config: dict, base: dict) -> dict:
-    """Reset keys that cannot change the run to the preset's values, so equal runs share an id."""
+    """Reset keys that cannot change the run to the preset's values, so equal runs share an id:
+    the inert and bookkeeping keys, and every key whose field's ``read_when`` the config does not
+    meet (the preconditioner's keys with it off, SAM keys of other modes, an MLP width in a CNN)."""
     out = dict(config)
     for key in (*INERT_KEYS, *BOOKKEEPING_KEYS):  # bookkeeping travels in Cell.settings instead
         out[key] = base[key]
@@ -238,35 +235,14 @@ def normalise(config: dict, base: dict) -> dict:
         # but for the psd structures' r² + ε) and the LLQR toggle cannot change the run: both
         # settings are the LLQR-off cell
         out["use_preconditioner"] = False
-    if not out["use_preconditioner"]:
-        inert = set(PRECOND_KEYS)
-        if out["precond_identity_scaling"] != 1.0:
-            inert.discard("block_structure")
-        for key in inert:
-            out[key] = base[key]
     if out.get("noise") == "svag" and out.get("svag_l") == 1:  # SVAG at l = 1 is plain SGD, step for step
         out["noise"], out["svag_l"], out["svag_variant"] = base["noise"], base["svag_l"], base["svag_variant"]
-    for key, value in _unread(out).items():  # e.g. singd_structure in an AdamW cell
-        out[key] = base[key] if key in base else value
-    mode = out["sam_mode"]
-    inert_sam = set(SAM_KEYS) if mode is None else {k for k, modes in _SAM_KEY_MODES.items() if mode not in modes}
-    for key in inert_sam:
-        out[key] = base[key]
+    # the conditions name only keys never reset here (model, dataset, optimizer, noise,
+    # use_preconditioner, sam_mode, precond_identity_scaling), so one pass over the config suffices
+    unread = [key for key in TABLES.conditional if key in out and not is_read(key, out)]
+    for key in unread:  # e.g. singd_structure in an AdamW cell
+        out[key] = base[key] if key in base else out[key]
     return out
-
-
-_BASE_MODES = ("base_sam", "base_fsam", "past_fsam")
-# SAM keys read only by some modes (per the spec's mode table); elsewhere they are inert.
-_SAM_KEY_MODES = {
-    "gbar_beta": ("base_fsam", "past_fsam"),
-    "gbar_eps": _BASE_MODES,
-    "norm_mode": _BASE_MODES,
-    "asam_eta": ("asam",),
-    "fisher_sam_eta": ("fisher_sam",),
-    "sam_use_preconditioner_on_update": (*_BASE_MODES, "asam"),
-    "sam_research_base_vector_source": _BASE_MODES,
-    "sam_research_perturb_sign": _BASE_MODES,
-}
 
 
 def cell_id(preset: str, config: dict, base: dict, tuned: bool = False) -> str:

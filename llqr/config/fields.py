@@ -1,9 +1,16 @@
 """The typed run configuration: every key a training run reads, with the reference defaults.
 
-Each field carries its constraints in ``metadata`` so that one table drives validation,
-error messages (allowed values, close-match suggestions) and the documentation in README.
+Each key is one field, and the field carries everything the project knows about the key: its type,
+choices and range (validation and error messages), its doc (``python -m llqr.train --list-keys``,
+docs/configuration.md), *when it is read* (``read_when``), whether it is bookkeeping, whether it is
+inert, and whether it appears in a cell's rule params at its default. The tables other modules use
+(PRECOND_KEYS, SAM_KEYS, MODEL_ONLY_KEYS, BOOKKEEPING_KEYS, ...) are derived from the fields at the
+end of this module, so adding a key means adding one field.
+
 Keys and defaults follow the original runner's ``default.yaml`` (see specs); keys we add are
-marked "ours" in their doc string.
+marked "ours" in their doc string. A key added after cells were first run keeps every existing cell
+(id and rule params) unchanged when its default is the behaviour those cells had and it is declared
+with ``params_at_default=False`` (tests/test_config_fields.py adds one to check this).
 """
 
 from __future__ import annotations
@@ -40,6 +47,12 @@ DIVERGENCES = (
     "renyi_inf",
     "renyi_2",
 )
+# Accepted by the config (the reference's configs name them) and refused before any job is queued
+# (llqr.config.validate.check_runnable); llqr.optim.divergences.RESEARCH_ONLY is the same tuple.
+RESEARCH_DIVERGENCES = ("renyi_zero", "renyi_inf")
+# Divergences whose curvature is a sum over samples (newton: loss-weighted), the only ones a chunked
+# fit can split (llqr.optim.lqr.SEPARABLE is the same tuple).
+SEPARABLE_DIVERGENCES = ("ngd", "reverse_kl", "newton")
 BLOCK_STRUCTURES = (
     "scalar",
     "diagonal",
@@ -53,170 +66,368 @@ BLOCK_STRUCTURES = (
     "exact",  # ours: the dense (H_D + λI)^-1 over all parameters, for tiny models (exact vs relaxed)
 )
 SAM_MODES = (None, "base_sam", "base_fsam", "past_fsam", "asam", "fisher_sam")
+BASE_SAM_MODES = ("base_sam", "base_fsam", "past_fsam")  # the modes whose ε is ρ·D(v)
 
 
-def opt(default, kind: str, *, choices=None, minimum=None, maximum=None, gt=None, nullable=False, doc=""):
-    """A config field with its validation metadata."""
-    meta = dict(kind=kind, choices=choices, minimum=minimum, maximum=maximum, gt=gt, nullable=nullable, doc=doc)
+class Not:
+    """A ``read_when`` condition met by every value except ``values`` (``NOT_NULL``: any but null)."""
+
+    def __init__(self, *values):
+        self.values = values
+
+    def __contains__(self, value) -> bool:
+        return value not in self.values
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Not) and other.values == self.values
+
+    def __hash__(self) -> int:
+        return hash(("Not", self.values))
+
+    def __repr__(self) -> str:
+        return f"Not{self.values!r}"
+
+
+NOT_NULL = Not(None)
+
+
+def opt(default, kind: str, *, doc: str, choices=None, minimum=None, maximum=None, gt=None, nullable=False,
+        read_when=None, bookkeeping=False, inert=False, params_at_default=True):
+    """A config field with everything known about its key.
+
+    ``read_when``: when a run reads the key, as ``{other_key: allowed values}`` (every entry must
+    hold; a tuple of values or a ``Not``), or a tuple of such mappings (any one suffices); None:
+    always. Where it does not hold the key cannot change the run: the matrix resets it to the
+    preset's value (so it never splits cells), and a key read only for some models, datasets,
+    optimizers or noise modes also leaves the rule params of the cells that do not read it.
+    ``bookkeeping``: how a run is looked after, never what it computes (not in cell ids, rule params
+    or checkpoint keys). ``inert``: accepted for the reference's configs, never changes a run here.
+    ``params_at_default=False``: left out of the rule params while at its default (for keys whose
+    default is the behaviour cells had before the key existed).
+    """
+    if not doc or not doc.strip():
+        raise ValueError("every config field needs a doc")
+    meta = dict(kind=kind, choices=choices, minimum=minimum, maximum=maximum, gt=gt, nullable=nullable, doc=doc,
+                read_when=_alternatives(read_when), bookkeeping=bookkeeping, inert=inert,
+                params_at_default=params_at_default)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: _fresh(d), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _alternatives(read_when) -> tuple:
+    """``read_when`` as a tuple of {key: condition} mappings (empty: always read)."""
+    if read_when is None:
+        return ()
+    alternatives = (read_when,) if isinstance(read_when, dict) else tuple(read_when)
+    for alt in alternatives:
+        for key, condition in alt.items():
+            if not isinstance(condition, (tuple, Not)):
+                raise TypeError(f"read_when condition on {key!r} must be a tuple of values or a Not(...)")
+    return alternatives
 
 
 def _fresh(value):
     return default_schedule(value["name"]) if isinstance(value, dict) and "name" in value else type(value)(value)
 
 
-def sched(name: str, doc: str):
-    return field(default_factory=lambda: default_schedule(name), metadata=dict(kind="schedule", doc=doc))
+def sched(name: str, doc: str, read_when=None):
+    """A schedule field: a family name or ``{name, <param>: ...}`` (llqr/config/schedule_families.py)."""
+    return field(default_factory=lambda: default_schedule(name),
+                 metadata=dict(kind="schedule", choices=None, minimum=None, maximum=None, gt=None, nullable=False,
+                               doc=doc, read_when=_alternatives(read_when), bookkeeping=False, inert=False,
+                               params_at_default=True))
+
+
+_LLQR = {"use_preconditioner": (True,)}  # read only while the preconditioner is fitted
+_SAM = {"sam_mode": NOT_NULL}  # read only with a SAM mode
+_TRANSFORMER = {"model": ("transformer_iwslt",)}
+_TRANSLATION = {"dataset": TRANSLATION_DATASETS}
 
 
 @dataclass(frozen=True)
 class RunConfig:
     # --- what to train ----------------------------------------------------------------
-    preset: str = opt("", "str", doc="Name of the preset this config was resolved from.")
-    model: str = opt("mlp", "str", choices=MODELS, doc="Architecture.")
-    mlp_hidden: list = opt([100, 300], "list[int]", doc="Hidden widths of the MLP (ours; reference: 100, 300).")
+    preset: str = opt("", "str", doc="Name of the preset this config was resolved from (preset=NAME; the workflow "
+                                     "sets it): the first component of the cell id.")
+    model: str = opt("mlp", "str", choices=MODELS,
+                     doc="Architecture (llqr/models). It must suit the dataset: transformer_iwslt the translation "
+                         "corpora, grok_transformer mod_sum, and vgg16bn, vgg16, vgg19, wide_resnet28x10 and "
+                         "pyramidnet110 images of at least 32x32 (not digits or mnist).")
+    mlp_hidden: list = opt([100, 300], "list[int]", read_when={"model": ("mlp", "si_mlp")},
+                           doc="Hidden widths of the MLP (ours; reference: 100, 300); si_mlp needs at least one.")
     wrn_layout: str = opt("reference", "str", choices=("reference", "standard"),
+                          read_when={"model": ("wide_resnet28x10",)},
                           doc="Ours: wide_resnet28x10 units per group: reference = 5 as the original code "
                               "(46.2M params, really WRN-34-10), standard = 4 (WRN-28-10, 36.5M).")
-    dataset: str = opt("digits", "str", choices=DATASETS, doc="Dataset.")
-    dataset_dir: str = opt(None, "str", nullable=True, doc="Where the prepared dataset lives; null = data/<dataset>.")
-    train_fraction: float = opt(1.0, "float", gt=0, maximum=1.0,
+    dataset: str = opt("digits", "str", choices=DATASETS,
+                       doc="Dataset, prepared by the workflow under data_dir/<dataset> (digits and mod_sum are "
+                           "generated, the others fetched).")
+    dataset_dir: str = opt(None, "str", nullable=True,
+                           doc="Where the prepared dataset lives if not data_dir/<dataset>: a path the run reads "
+                               "(absolute, or relative to the working directory; no '..' component, no shell "
+                               "metacharacters); the workflow neither prepares nor tracks data there. "
+                               "null = data_dir/<dataset>.")
+    train_fraction: float = opt(1.0, "float", gt=0, maximum=1.0, params_at_default=False,
                                 doc="Ours: train on a fixed random subset of this fraction of the train split "
-                                    "(seeded by data_seed; the HyperbolicLR study's SimpleCNN uses 10% of CIFAR-10).")
-    crop_mode: str = opt("batch", "str", choices=("batch", "image"),
+                                    "(seeded by data_seed; the HyperbolicLR study's SimpleCNN uses 10% of CIFAR-10); "
+                                    "in-memory datasets only (digits, mnist, cifar10, cifar100).")
+    crop_mode: str = opt("batch", "str", choices=("batch", "image"), read_when={"dataset": ("cifar10", "cifar100")},
                          doc="CIFAR random crop: one offset per batch (the reference) or per image.")
-    modulus: int = opt(97, "int", minimum=2, doc="p of the modular-arithmetic data (reference: 97; smaller "
-                                                  "ones are ours, for the demo).")
-    dropout_rate: float = opt(0.0, "float", minimum=0.0, maximum=1.0, doc="Model dropout where the model has it.")
-    norm: str = opt("bn", "str", choices=("bn", "gn", "none"),
-                    doc="Ours: normalisation of preresnet32 (bn|gn) and vgg16/vgg19 (bn|gn|none).")
-    width: int = opt(1, "int", gt=0, doc="Ours: preresnet32 width multiplier (4 = the SVAG study's PRN32-4x).")
-    scale_invariant: bool = opt(False, "bool",
+    modulus: int = opt(97, "int", minimum=2, read_when={"dataset": MODULAR_DATASETS},
+                       doc="p of the modular-arithmetic data (reference: 97; smaller ones are ours, for the demo): "
+                           "also grok_transformer's number of classes.")
+    dropout_rate: float = opt(0.0, "float", minimum=0.0, maximum=1.0,
+                              doc="Model dropout where the model has it: mlp, wide_resnet28x10, vit_ti16 (all four "
+                                  "of its dropouts) and transformer_iwslt. vgg16bn's two dropouts are fixed at the "
+                                  "reference's 0.5 (a non-zero value is refused); the other models have none.")
+    norm: str = opt("bn", "str", choices=("bn", "gn", "none"), read_when={"model": ("preresnet32", "vgg16", "vgg19")},
+                    doc="Ours: normalisation of preresnet32 (bn or gn) and vgg16/vgg19 (bn, gn or none).")
+    width: int = opt(1, "int", gt=0, read_when={"model": ("preresnet32",)},
+                     doc="Ours: preresnet32 width multiplier (4 = the SVAG study's PRN32-4x).")
+    scale_invariant: bool = opt(False, "bool", read_when={"model": ("preresnet32",)},
                                 doc="Ours: preresnet32 with non-affine norms after every conv and a fixed head.")
     # transformer_iwslt sizes (reference: fairseq transformer_iwslt_de_en); smaller ones are ours, for the demo
-    embed_dim: int = opt(512, "int", gt=0, doc="Transformer model width.")
-    ffn_dim: int = opt(1024, "int", gt=0, doc="Transformer feed-forward width.")
-    attention_heads: int = opt(4, "int", gt=0, doc="Transformer attention heads (must divide embed_dim).")
-    encoder_layers: int = opt(6, "int", gt=0)
-    decoder_layers: int = opt(6, "int", gt=0)
+    embed_dim: int = opt(512, "int", gt=0, read_when=_TRANSFORMER, doc="Transformer model width.")
+    ffn_dim: int = opt(1024, "int", gt=0, read_when=_TRANSFORMER, doc="Transformer feed-forward width.")
+    attention_heads: int = opt(4, "int", gt=0, read_when=_TRANSFORMER,
+                               doc="Transformer attention heads (must divide embed_dim).")
+    encoder_layers: int = opt(6, "int", gt=0, read_when=_TRANSFORMER, doc="Transformer encoder layers.")
+    decoder_layers: int = opt(6, "int", gt=0, read_when=_TRANSFORMER, doc="Transformer decoder layers.")
     # grok_transformer sizes (reference: width 128, depth 2; 4 heads, MLP 4x width); smaller ones are ours
-    grok_dim: int = opt(128, "int", gt=0, doc="grok_transformer width (a multiple of its 4 heads).")
-    grok_depth: int = opt(2, "int", gt=0, doc="grok_transformer blocks.")
+    grok_dim: int = opt(128, "int", gt=0, read_when={"model": ("grok_transformer",)},
+                        doc="grok_transformer width (a multiple of its 4 heads).")
+    grok_depth: int = opt(2, "int", gt=0, read_when={"model": ("grok_transformer",)}, doc="grok_transformer blocks.")
     # --- loop ------------------------------------------------------------------------
-    batch_size: int = opt(128, "int", gt=0)
-    eval_batch_size: int = opt(None, "int", gt=0, nullable=True, doc="null = batch_size.")
-    total_epochs: float = opt(250.0, "float", gt=0)
+    batch_size: int = opt(128, "int", gt=0,
+                          doc="Examples per micro-batch (an update averages grad_acc_steps of them); translation "
+                              "batches by max_tokens instead.")
+    eval_batch_size: int = opt(None, "int", gt=0, nullable=True,
+                               doc="Examples per evaluation batch; null = batch_size (translation: 128).")
+    total_epochs: float = opt(250.0, "float", gt=0,
+                              doc="Epoch budget: floor(batches per epoch x total_epochs / grad_acc_steps) updates; "
+                                  "epoch-valued schedule parameters and the HyperbolicLR schedules follow it.")
     max_steps: int = opt(
         None, "int", gt=0, nullable=True, doc="Ours: cap on updates (for smoke runs); schedules keep the epoch budget."
     )
-    grad_acc_steps: int = opt(1, "int", gt=0)
-    max_tokens: int = opt(None, "int", gt=0, nullable=True, doc="Token budget per batch (translation).")
-    num_buckets: int = opt(8, "int", gt=0, doc="Ours: length buckets (= compiled batch shapes) of translation batching.")
+    grad_acc_steps: int = opt(1, "int", gt=0,
+                              doc="Micro-batches whose mean gradient makes one update (must be 1 with translation, "
+                                  "the noise studies and the Kronecker optimizers).")
+    max_tokens: int = opt(None, "int", gt=0, nullable=True, read_when=_TRANSLATION,
+                          doc="Token budget per batch (translation; required there, the reference uses 16384).")
+    num_buckets: int = opt(8, "int", gt=0, read_when=_TRANSLATION,
+                           doc="Ours: length buckets (= compiled batch shapes) of translation batching.")
     # --- optimizer -------------------------------------------------------------------
-    optimizer: str = opt("sgd", "str", choices=OPTIMIZERS, doc="sgd has no momentum; polyak = heavy-ball sgd.")
-    learning_rate: float = opt(0.1, "float", gt=0)
-    momentum: float = opt(0.9, "float", minimum=0.0, maximum=1.0)
-    adam_betas: list = opt([0.9, 0.999], "list[float]")
-    weight_decay: float = opt(None, "float", minimum=0.0, nullable=True, doc="Coupled L2 unless an adamw optimizer.")
-    wd_mask: list = opt(None, "list[str]", nullable=True, doc="Key substrings excluded from weight decay.")
-    label_smoothing: float = opt(0.0, "float", minimum=0.0, maximum=1.0)
+    optimizer: str = opt("sgd", "str", choices=OPTIMIZERS,
+                         doc="Main optimizer: sgd has no momentum; polyak = heavy-ball sgd; adamw_b2-98/-95 fix "
+                             "AdamW's beta2; singd, ikfac, kfac are Kronecker-factored (ours; with "
+                             "use_preconditioner=false); prodigy and dadapt_adamw are learning-rate free (ours).")
+    learning_rate: float = opt(0.1, "float", gt=0,
+                               doc="Base learning rate of the main optimizer, shaped by lr_scheduler (a multiplier "
+                                   "on the estimated step for prodigy and dadapt_adamw).")
+    momentum: float = opt(0.9, "float", minimum=0.0, maximum=1.0,
+                          doc="Momentum of polyak and of the Kronecker optimizers (alpha2), and of the LLQR inner "
+                              "solver when precond_solver=momentum.")
+    adam_betas: list = opt([0.9, 0.999], "list[float]",
+                           doc="(beta1, beta2) of adam, adamw, prodigy and dadapt_adamw (adamw_b2-* use beta1 only); "
+                               "two values in [0, 1).")
+    weight_decay: float = opt(None, "float", minimum=0.0, nullable=True,
+                              doc="null = 0. Coupled L2 added to the (preconditioned) gradient for sgd, polyak and "
+                                  "adam; decoupled for the adamw variants, prodigy and dadapt_adamw; inside SINGD, "
+                                  "IKFAC and KFAC.")
+    wd_mask: list = opt(None, "list[str]", nullable=True,
+                        doc="Parameter-path substrings excluded from weight decay (e.g. [Norm, bias]); honoured by "
+                            "sgd, polyak, adam and adamw.")
+    label_smoothing: float = opt(0.0, "float", minimum=0.0, maximum=1.0,
+                                 doc="Label smoothing of the training loss (also in the LLQR fit's gradient); "
+                                     "evaluation losses are unsmoothed.")
     # SINGD / IKFAC / KFAC (ours; defaults from the SINGD paper): momentum is the key above
-    singd_structure: str = opt("dense", "str", choices=SINGD_STRUCTURES, doc="Structure of SINGD's factors K, C.")
-    factor_update_every: int = opt(10, "int", gt=0, doc="T: steps between Kronecker-factor updates (SINGD/KFAC).")
-    factor_damping: float = opt(1.0e-3, "float", minimum=0.0, doc="λ of SINGD/IKFAC/KFAC.")
-    lr_cov: float = opt(1.0e-2, "float", gt=0, doc="β1: SINGD's factor step size.")
-    singd_alpha1: float = opt(0.5, "float", minimum=0.0, maximum=1.0, doc="α1: SINGD's factor momentum (IKFAC: 0).")
-    kfac_ema: float = opt(0.95, "float", minimum=0.0, maximum=1.0, doc="KFAC's factor moving-average decay.")
-    prodigy_d_coef: float = opt(1.0, "float", gt=0, doc="Ours: Prodigy's d_coef (optax estim_lr_coef).")
+    singd_structure: str = opt("dense", "str", choices=SINGD_STRUCTURES, read_when={"optimizer": ("singd",)},
+                               doc="Structure of SINGD's factors K, C.")
+    factor_update_every: int = opt(10, "int", gt=0, read_when={"optimizer": KRONECKER_OPTIMIZERS},
+                                   doc="T: steps between Kronecker-factor updates (SINGD/KFAC).")
+    factor_damping: float = opt(1.0e-3, "float", minimum=0.0, read_when={"optimizer": KRONECKER_OPTIMIZERS},
+                                doc="λ of SINGD/IKFAC/KFAC.")
+    lr_cov: float = opt(1.0e-2, "float", gt=0, read_when={"optimizer": ("singd", "ikfac")},
+                        doc="β1: SINGD's (and IKFAC's) factor step size.")
+    singd_alpha1: float = opt(0.5, "float", minimum=0.0, maximum=1.0, read_when={"optimizer": ("singd",)},
+                              doc="α1: SINGD's factor momentum (IKFAC: 0).")
+    kfac_ema: float = opt(0.95, "float", minimum=0.0, maximum=1.0, read_when={"optimizer": ("kfac",)},
+                          doc="KFAC's factor moving-average decay.")
+    prodigy_d_coef: float = opt(1.0, "float", gt=0, read_when={"optimizer": ("prodigy",)},
+                                doc="Ours: Prodigy's d_coef (optax estim_lr_coef).")
     # gradient-noise study (SVAG, Li, Malladi & Arora 2021): ours
-    noise: str = opt("minibatch", "str", choices=("minibatch", "svag", "noisy_gd"),
-                     doc="minibatch = plain SGD noise; svag = SVAG with svag_l; noisy_gd = noisy gradient descent "
-                         "(full batch + Gaussian noise of SGD's covariance; not natural gradient).")
-    svag_l: int = opt(1, "int", gt=0, doc="SVAG's l: noise l·Σ/B, LR/l, steps ×l (l=1: plain SGD).")
-    svag_variant: str = opt("sde1", "str", choices=("sde1", "sde2"), doc="SVAG: two reweighted halves or sde2.")
-    noisy_gd_examples: int = opt(None, "int", gt=0, nullable=True,
-                                 doc="Noisy gradient descent: the fixed subset size N (null = the whole train split).")
-    noise_stats_from_epoch: float = opt(None, "float", minimum=0.0, nullable=True,
-                                        doc="Log G_t=|∇L|² and the minibatch noise trace N_t at evals from this epoch.")
-    noise_stats_batches: int = opt(16, "int", minimum=2, doc="M minibatch gradients per noise estimate.")
-    data_parallel: bool = opt(False, "bool",
-                              doc="Ours: shard each batch over all local devices (the job's GPUs), state replicated.")
-    precision: str = opt("fp32", "str", choices=("fp32", "bf16"),
+    noise: str = opt("minibatch", "str", choices=("minibatch", "svag", "noisy_gd"), params_at_default=False,
+                     doc="Ours: minibatch = plain SGD noise; svag = SVAG with svag_l; noisy_gd = noisy gradient "
+                         "descent (full batch + Gaussian noise of SGD's covariance; not natural gradient). svag and "
+                         "noisy_gd need sgd or polyak, no preconditioner, no SAM, grad_acc_steps=1, image data.")
+    svag_l: int = opt(1, "int", gt=0, read_when={"noise": ("svag",)},
+                      doc="SVAG's l: noise l·Σ/B, LR/l, steps ×l (l=1: plain SGD).")
+    svag_variant: str = opt("sde1", "str", choices=("sde1", "sde2"), read_when={"noise": ("svag",)},
+                            doc="SVAG: sde1 = two reweighted halves (two batches per step); sde2 = one batch whose "
+                                "loss is scaled by 1 + √(l−1)·r, r a random sign.")
+    noisy_gd_examples: int = opt(None, "int", gt=0, nullable=True, read_when={"noise": ("noisy_gd",)},
+                                 doc="Noisy gradient descent: the fixed subset size N (null = the whole train split; "
+                                     "at most the train split).")
+    noise_stats_from_epoch: float = opt(None, "float", minimum=0.0, nullable=True, params_at_default=False,
+                                        doc="Ours: log G_t=|∇L|² and the minibatch noise trace N_t at evaluations "
+                                            "from this epoch on (not for translation); null = off.")
+    noise_stats_batches: int = opt(16, "int", minimum=2, params_at_default=False,
+                                   doc="Ours: M minibatch gradients per noise estimate (noise_stats_from_epoch).")
+    data_parallel: bool = opt(False, "bool", params_at_default=False,
+                              doc="Ours: shard each batch over all local devices (the job's GPUs), state replicated; "
+                                  "batch_size and precond_batch_size must divide by the preset's gpu count. Not "
+                                  "for translation, noise studies or Kronecker optimizers.")
+    precision: str = opt("fp32", "str", choices=("fp32", "bf16"), params_at_default=False,
                          doc="Ours: bf16 keeps params, activations and optimizer state in bfloat16 (loss in fp32).")
     normalize_conv_params: bool = opt(False, "bool",
                                       doc="Rescale every rank-4 (conv) kernel to L2 norm sqrt(size) before each "
                                           "update is added (the reference's trick; off in every preset).")
-    lr_scheduler: dict = sched("constant", "Learning-rate schedule.")
+    lr_scheduler: dict = sched("constant", "Learning-rate schedule: a family name or {name, <param>: ...} "
+                                           "(llqr/config/schedule_families.py); <schedule>.<param>=v edits one.")
     # --- seeds -----------------------------------------------------------------------
-    init_key: int = opt(42, "int", minimum=0, doc="Parameter-init seed; the seed varied across cells.")
+    init_key: int = opt(42, "int", minimum=0, doc="Parameter-init seed; the seed varied across cells (a surface's "
+                                                  "seeds set it).")
     rng_seed: int = opt(123, "int", minimum=0, doc="Dropout stream seed.")
-    data_seed: int = opt(0, "int", minimum=0, doc="Ours: shuffle and augmentation seed (the reference is unseeded).")
+    data_seed: int = opt(0, "int", minimum=0,
+                         doc="Ours: shuffle, augmentation, train_fraction subset and noise-study seed (the reference "
+                             "is unseeded).")
     # --- evaluation / logging / checkpoints -----------------------------------------
-    test_eval_freq: int = opt(2000, "int", gt=0)
-    logging_freq: int = opt(50, "int", gt=0)
-    report_freq: int = opt(None, "int", gt=0, nullable=True, doc="Console progress period; null = logging_freq.")
-    checkpoint_freq: int = opt(1000, "int", gt=0)
-    preempt_handling: bool = opt(True, "bool", doc="Checkpoint and resume (ours: on by default).")
-    keep_checkpoints: int = opt(2, "int", gt=0, doc="Ours: checkpoints kept per cell.")
-    full_eval_freq: int = opt(None, "int", gt=0, nullable=True, doc="Full BLEU period (translation).")
-    full_eval_at_end: bool = opt(True, "bool")
-    bleu_sampled_freq: int = opt(None, "int", minimum=0, nullable=True, doc="null = test_eval_freq; 0 = off.")
-    bleu_max_examples: int = opt(256, "int", gt=0)
-    beam_size: int = opt(5, "int", gt=0)
+    test_eval_freq: int = opt(2000, "int", gt=0,
+                              doc="Loop steps between evaluations: test accuracy and loss (translation: valid token "
+                                  "metrics); every run also ends with one.")
+    logging_freq: int = opt(50, "int", gt=0,
+                            doc="Loop steps between train events (loss and accuracy of the step's last micro-batch) "
+                                "in metrics.jsonl.")
+    report_freq: int = opt(None, "int", gt=0, nullable=True, bookkeeping=True,
+                           doc="Console progress period; null = logging_freq.")
+    checkpoint_freq: int = opt(1000, "int", gt=0, bookkeeping=True,
+                               doc="Loop steps between checkpoints (with preempt_handling).")
+    preempt_handling: bool = opt(True, "bool", bookkeeping=True,
+                                 doc="Checkpoint and resume: on SIGTERM/SIGUSR1 save and exit 75, rerun to resume "
+                                     "(ours: on by default).")
+    keep_checkpoints: int = opt(2, "int", gt=0, bookkeeping=True, doc="Ours: checkpoints kept per cell.")
+    full_eval_freq: int = opt(None, "int", gt=0, nullable=True, read_when=_TRANSLATION,
+                              doc="Loop steps between full valid BLEU evaluations (translation); null = only at the "
+                                  "end (full_eval_at_end).")
+    full_eval_at_end: bool = opt(True, "bool", read_when=_TRANSLATION,
+                                 doc="Full valid BLEU at the last step's evaluation (translation); the final "
+                                     "evaluation scores valid and test BLEU either way.")
+    bleu_sampled_freq: int = opt(None, "int", minimum=0, nullable=True, read_when=_TRANSLATION,
+                                 doc="Loop steps between sampled BLEU (first bleu_max_examples valid sentences; "
+                                     "translation); null = test_eval_freq; 0 = off.")
+    bleu_max_examples: int = opt(256, "int", gt=0, read_when=_TRANSLATION,
+                                 doc="Valid sentences scored by the sampled BLEU (translation).")
+    beam_size: int = opt(5, "int", gt=0, read_when=_TRANSLATION, doc="Beam width of BLEU decoding (translation).")
     # --- LLQR preconditioner --------------------------------------------------------
-    use_preconditioner: bool = opt(True, "bool")
-    precond_on_update: bool = opt(False, "bool")
-    update_preconditioner_every: int = opt(1000, "int", gt=0)
-    update_preconditioner_until: int = opt(None, "int", minimum=0, nullable=True)
-    precond_steps: int = opt(50, "int", minimum=0)
-    precond_batch_size: int = opt(64, "int", gt=0)
-    precond_lr: float = opt(1e-3, "float", minimum=0.0)
-    precond_solver: str = opt("momentum", "str", choices=("momentum", "sgd", "adam"))
-    precond_clip_norm: float = opt(5.0, "float", gt=0)
-    block_structure: str = opt("diagonal", "str", choices=BLOCK_STRUCTURES)
-    divergence: str = opt("ngd", "str", choices=DIVERGENCES)
-    divergence_order_param: float = opt(0.5, "float", gt=0)
-    ema_decay: float = opt(0.0, "float", minimum=0.0, maximum=1.0)
-    warm_start_precond: bool = opt(True, "bool")
-    damping: float = opt(0.0, "float", minimum=0.0)
-    precond_identity_scaling: float = opt(1.0, "float", gt=0)
-    normalize_grad_for_lqr: bool = opt(False, "bool")
-    allow_grad_inversion: bool = opt(False, "bool")
-    llqr_operator_mode: str = opt("cached_exact", "str", choices=("cached_exact", "lowmem_exact_k", "lowmem_exact_full"))
-    llqr_batch_update_mode: str = opt("full_batch", "str", choices=("full_batch", "chunked_lqr_segment"))
-    llqr_batch_update_chunk_size: int = opt(None, "int", gt=0, nullable=True)
-    llqr_second_order_mode: str = opt("batched_exact", "str", choices=("batched_exact", "sample_separable_exact"))
-    llqr_second_order_chunk_size: int = opt(None, "int", gt=0, nullable=True)
+    use_preconditioner: bool = opt(True, "bool",
+                                   doc="Fit the LLQR preconditioner P and apply P·g before the main optimizer; "
+                                       "false: P stays the identity (scaled by precond_identity_scaling).")
+    precond_on_update: bool = opt(False, "bool", read_when=_LLQR,
+                                  doc="Apply P after the main optimizer instead: research-only in the reference "
+                                      "(signs look inconsistent there); refused with the preconditioner on.")
+    update_preconditioner_every: int = opt(1000, "int", gt=0, read_when=_LLQR,
+                                           doc="Loop steps between fits of P (step 0 included), shaped by "
+                                               "precond_update_scheduler.")
+    update_preconditioner_until: int = opt(None, "int", minimum=0, nullable=True, read_when=_LLQR,
+                                           doc="No fit at or after this loop step; null = fit until the end.")
+    precond_steps: int = opt(50, "int", minimum=0, read_when=_LLQR, doc="Inner solver steps per fit of P.")
+    precond_batch_size: int = opt(64, "int", gt=0, read_when=_LLQR,
+                                  doc="Examples (translation: sentences) drawn from the train stream for each fit.")
+    precond_lr: float = opt(1e-3, "float", minimum=0.0, read_when=_LLQR,
+                            doc="Inner solver rate, shaped by precond_lr_scheduler.")
+    precond_solver: str = opt("momentum", "str", choices=("momentum", "sgd", "adam"), read_when=_LLQR,
+                              doc="Inner solver of the fit (momentum: SGD with momentum `momentum`, the paper's).")
+    precond_clip_norm: float = opt(5.0, "float", gt=0, read_when=_LLQR,
+                                   doc="L2 clip of each block array's gradient in the fit (a diagonal block: one "
+                                       "vector per controlled layer).")
+    block_structure: str = opt("diagonal", "str", choices=BLOCK_STRUCTURES,
+                               read_when=(_LLQR, {"precond_identity_scaling": Not(1.0)}),
+                               doc="Structure of P's blocks (docs/algorithms.md); exact (ours) is the dense "
+                                   "(H_D + λI)^-1, for models of at most 4,096 parameters.")
+    divergence: str = opt("ngd", "str", choices=DIVERGENCES, read_when=_LLQR,
+                          doc="Terminal cost D whose curvature P approximates; renyi_zero and renyi_inf are "
+                              "research-only and refused, chunked fits need ngd, reverse_kl or newton.")
+    divergence_order_param: float = opt(0.5, "float", gt=0, read_when=_LLQR,
+                                        doc="α of divergence=renyi (1, the KL limit, is refused: use ngd).")
+    ema_decay: float = opt(0.0, "float", minimum=0.0, maximum=1.0, read_when=_LLQR,
+                           doc="d in blocks ← d·old + (1−d)·fitted after each fit (0 replaces), shaped by "
+                               "ema_scheduler.")
+    warm_start_precond: bool = opt(True, "bool", read_when=_LLQR,
+                                   doc="Start each fit from the current blocks (false: from the identity).")
+    damping: float = opt(0.0, "float", minimum=0.0, read_when=_LLQR, doc="λ added to the curvature: H_D + λI.")
+    precond_identity_scaling: float = opt(1.0, "float", gt=0,
+                                          doc="s: the blocks start at s·I and training applies their product / s "
+                                              "(with the preconditioner off the update is g/s).")
+    normalize_grad_for_lqr: bool = opt(False, "bool", read_when=_LLQR,
+                                       doc="Replace g by g/|g| in the fit's problem.")
+    allow_grad_inversion: bool = opt(False, "bool", read_when=_LLQR,
+                                     doc="Let diagonal/scalar entries go below 1e-8 (false: clamped, so P never "
+                                         "flips a gradient component's sign).")
+    llqr_operator_mode: str = opt("cached_exact", "str", choices=("cached_exact", "lowmem_exact_k", "lowmem_exact_full"),
+                                  read_when=_LLQR,
+                                  doc="Curvature-product route: linearise the fit batch once (cached_exact), or a "
+                                      "fresh jvp-of-grad per product (lowmem_exact_k; _full also rematerialises).")
+    llqr_batch_update_mode: str = opt("full_batch", "str", choices=("full_batch", "chunked_lqr_segment"),
+                                      read_when=_LLQR,
+                                      doc="chunked_lqr_segment sums g and the products over chunks of "
+                                          "llqr_batch_update_chunk_size examples (needs cached_exact).")
+    llqr_batch_update_chunk_size: int = opt(None, "int", gt=0, nullable=True, read_when=_LLQR,
+                                            doc="Chunk size of chunked_lqr_segment (required there).")
+    llqr_second_order_mode: str = opt("batched_exact", "str", choices=("batched_exact", "sample_separable_exact"),
+                                      read_when=_LLQR,
+                                      doc="sample_separable_exact sums the products over chunks of "
+                                          "llqr_second_order_chunk_size examples (the same P).")
+    llqr_second_order_chunk_size: int = opt(None, "int", gt=0, nullable=True, read_when=_LLQR,
+                                            doc="Chunk size of sample_separable_exact (required there).")
     llqr_use_fast_paths: bool = opt(
-        True, "bool", doc="Accepted for the reference's configs and inert here (it never splits cells): the "
-                          "reference's exact shortcut for stages with zero Hessian blocks; our one global "
-                          "curvature product never forms those blocks, so there is nothing to skip.")
-    measure_asymmetry: bool = opt(False, "bool",
+        True, "bool", read_when=_LLQR, inert=True,
+        doc="Accepted for the reference's configs and inert here (it never splits cells): the "
+            "reference's exact shortcut for stages with zero Hessian blocks; our one global "
+            "curvature product never forms those blocks, so there is nothing to skip.")
+    measure_asymmetry: bool = opt(False, "bool", read_when=_LLQR,
                                   doc="Log, at every fit, how far P's square block matrices are from symmetric "
                                       "(Frobenius and spectral skew ratios, per layer and averaged).")
-    precond_lr_scheduler: dict = sched("constant", "Multiplier on the preconditioner solver's lr.")
-    ema_scheduler: dict = sched("constant", "Schedule of ema_decay.")
-    precond_update_scheduler: dict = sched("constant", "Schedule of update_preconditioner_every.")
+    precond_lr_scheduler: dict = sched("constant", "Multiplier on the preconditioner solver's lr.", read_when=_LLQR)
+    ema_scheduler: dict = sched("constant", "Schedule of ema_decay.", read_when=_LLQR)
+    precond_update_scheduler: dict = sched("constant", "Schedule of update_preconditioner_every.", read_when=_LLQR)
     # --- SAM --------------------------------------------------------------------------
-    sam_mode: str = opt(None, "str", choices=SAM_MODES, nullable=True)
-    perturbation_rho: float = opt(0.1, "float", minimum=0.0)
-    perturb_mode: str = opt("ema_grad", "str", choices=("ema_grad", "ema_precond_grad", "ema_direction"))
+    sam_mode: str = opt(None, "str", choices=SAM_MODES, nullable=True,
+                        doc="Sharpness-aware minimisation mode (docs/algorithms.md); null = off.")
+    perturbation_rho: float = opt(0.1, "float", minimum=0.0, read_when=_SAM,
+                                  doc="ρ, the perturbation radius, shaped by perturbation_rho_scheduler.")
+    perturb_mode: str = opt("ema_grad", "str", choices=("ema_grad", "ema_precond_grad", "ema_direction"),
+                            read_when=_SAM,
+                            doc="D(v)'s transform: v, P·v or unit(P·v) (asam and fisher_sam need ema_grad).")
     norm_mode: str = opt(
-        "euclidean", "str", choices=("euclidean", "matrix_norm", "layer_euclidean", "layer_matrix_norm")
-    )
-    gbar_beta: float = opt(0.9, "float", minimum=0.0, maximum=1.0)
-    gbar_eps: float = opt(1e-12, "float", gt=0)
-    asam_eta: float = opt(0.01, "float", minimum=0.0)
-    fisher_sam_eta: float = opt(0.1, "float", gt=0)
-    start_sam_after_step: int = opt(None, "int", minimum=0, nullable=True)
-    sam_use_preconditioner_on_update: bool = opt(True, "bool")
+        "euclidean", "str", choices=("euclidean", "matrix_norm", "layer_euclidean", "layer_matrix_norm"),
+        read_when={"sam_mode": BASE_SAM_MODES},
+        doc="D(v)'s normalisation: global or per top-level group, Euclidean or P^-1 norm.")
+    gbar_beta: float = opt(0.9, "float", minimum=0.0, maximum=1.0, read_when={"sam_mode": ("base_fsam", "past_fsam")},
+                           doc="β of the gbar moving average of base_fsam and past_fsam.")
+    gbar_eps: float = opt(1e-12, "float", gt=0, read_when={"sam_mode": BASE_SAM_MODES},
+                          doc="e in D(v)'s normalisation T/√(⟨·,T⟩ + e).")
+    asam_eta: float = opt(0.01, "float", minimum=0.0, read_when={"sam_mode": ("asam",)},
+                          doc="η of asam's scale s = |w| + η.")
+    fisher_sam_eta: float = opt(0.1, "float", gt=0, read_when={"sam_mode": ("fisher_sam",)},
+                                doc="η of fisher_sam's u = g / (g² + η).")
+    start_sam_after_step: int = opt(None, "int", minimum=0, nullable=True, read_when=_SAM,
+                                    doc="Plain steps before this loop step, SAM steps from it; null or 0 = from "
+                                        "the start.")
+    sam_use_preconditioner_on_update: bool = opt(
+        True, "bool", read_when={"sam_mode": (*BASE_SAM_MODES, "asam")},
+        doc="The outer update applies P (the configured LLQR update) to g_p; false: the main optimizer alone. "
+            "true needs use_preconditioner=true.")
     sam_research_base_vector_source: str = opt(
-        "current_gradient", "str", choices=("current_gradient", "main_optimizer_momentum", "random_direction")
-    )
-    sam_research_perturb_sign: str = opt("ascent", "str", choices=("ascent", "descent"))
-    perturbation_rho_scheduler: dict = sched("constant", "Schedule of perturbation_rho.")
+        "current_gradient", "str", choices=("current_gradient", "main_optimizer_momentum", "random_direction"),
+        read_when={"sam_mode": BASE_SAM_MODES},
+        doc="The reference's research ablation of the vector D(v) perturbs along; only current_gradient is "
+            "implemented (the others are refused with a SAM mode).")
+    sam_research_perturb_sign: str = opt(
+        "ascent", "str", choices=("ascent", "descent"), read_when={"sam_mode": BASE_SAM_MODES},
+        doc="The reference's research ablation: perturb up (ascent) or down the gradient; only ascent is "
+            "implemented (descent is refused with a SAM mode).")
+    perturbation_rho_scheduler: dict = sched("constant", "Schedule of perturbation_rho.", read_when=_SAM)
 
     def to_dict(self) -> dict:
         return {f.name: _fresh_copy(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -232,51 +443,91 @@ def _fresh_copy(value):
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
+
+def field_default(f):
+    """A field's default value (a fresh copy for lists and schedules)."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def is_read(key: str, config: dict, fields: dict | None = None) -> bool:
+    """Whether a run with ``config`` reads ``key`` (its field's ``read_when``)."""
+    alternatives = (fields or FIELDS)[key].metadata["read_when"]
+    return not alternatives or any(all(config.get(k) in cond for k, cond in alt.items()) for alt in alternatives)
+
+
+def omitted_at_default(fields: dict | None = None) -> dict:
+    """{key: default} of the keys left out of rule params at their default (``params_at_default=False``)."""
+    return {k: field_default(f) for k, f in (fields or FIELDS).items() if not f.metadata["params_at_default"]}
+
+
+# Owners whose keys leave the rule params of cells that do not read them (an MLP cell's params hold
+# no Transformer width), so adding or retuning such a key re-runs only the cells that read it.
+# Keys read only with the preconditioner or a SAM mode are reset to the preset's value instead.
+PARAMS_OWNERS = ("model", "dataset", "optimizer", "noise")
+
+
+def _owned(fields: dict, owner: str) -> dict:
+    """{key: the owner's values that read it} for keys read only for some values of ``owner``."""
+    out = {}
+    for name, f in fields.items():
+        alternatives = f.metadata["read_when"]
+        if len(alternatives) == 1 and set(alternatives[0]) == {owner}:
+            out[name] = alternatives[0][owner]
+    return out
+
+
+def _conditional(fields: dict, owner: str) -> frozenset:
+    return frozenset(k for k, f in fields.items() if any(owner in alt for alt in f.metadata["read_when"]))
+
+
+@dataclass(frozen=True)
+class Tables:
+    """What other modules need to know about the keys, derived from the fields."""
+
+    precond: frozenset  # read only while the preconditioner is fitted
+    sam: frozenset  # read only with a SAM mode
+    sam_modes: dict  # SAM keys read only by some modes -> those modes
+    inert: frozenset
+    bookkeeping: tuple
+    owned: dict  # owner (model, dataset, optimizer, noise) -> {key: values that read it}
+    conditional: tuple  # every key with a read_when
+
+
+def derive(fields: dict) -> Tables:
+    sam = _conditional(fields, "sam_mode")
+    sam_modes = {}
+    for k in sam:
+        (alt,) = fields[k].metadata["read_when"]
+        if not isinstance(alt["sam_mode"], Not):
+            sam_modes[k] = alt["sam_mode"]
+    return Tables(
+        precond=_conditional(fields, "use_preconditioner"),
+        sam=sam,
+        sam_modes=sam_modes,
+        inert=frozenset(k for k, f in fields.items() if f.metadata["inert"]),
+        bookkeeping=tuple(k for k, f in fields.items() if f.metadata["bookkeeping"]),
+        owned={owner: _owned(fields, owner) for owner in PARAMS_OWNERS},
+        conditional=tuple(k for k, f in fields.items() if f.metadata["read_when"]),
+    )
+
+
+TABLES = derive(FIELDS)
+# The derived tables under their historical names.
 # Keys that only matter when the preconditioner is fitted; inert when use_preconditioner=false
-# (P then stays at its identity init; the identity scaling still applies, so it is not listed,
-# and block_structure is inert only while that scaling is 1).
-PRECOND_KEYS = frozenset(
-    k
-    for k in FIELDS
-    if (k.startswith(("precond", "llqr_", "update_preconditioner")) and k != "precond_identity_scaling")
-    or k
-    in {
-        "block_structure",
-        "divergence",
-        "divergence_order_param",
-        "ema_decay",
-        "ema_scheduler",
-        "warm_start_precond",
-        "damping",
-        "normalize_grad_for_lqr",
-        "allow_grad_inversion",
-        "measure_asymmetry",
-    }
-)
+# (P then stays at its identity init; block_structure is inert only while the identity scaling is 1).
+PRECOND_KEYS = TABLES.precond
 # Keys that only matter when a SAM mode is on; inert when sam_mode is null.
-SAM_KEYS = frozenset(
-    k
-    for k in FIELDS
-    if k.startswith(("sam_research", "gbar_", "perturb"))
-    or k in {"norm_mode", "asam_eta", "fisher_sam_eta", "start_sam_after_step", "sam_use_preconditioner_on_update"}
-)
+SAM_KEYS = TABLES.sam
 # Keys accepted for the reference's configs that cannot change a run here (llqr.matrix.normalise
 # resets them, so they never split cells).
-INERT_KEYS = frozenset({"llqr_use_fast_paths"})
-# Keys read only by some models or datasets (see llqr.matrix.rule_params).
-TRANSFORMER_KEYS = frozenset({"embed_dim", "ffn_dim", "attention_heads", "encoder_layers", "decoder_layers"})
-TRANSLATION_KEYS = frozenset({"max_tokens", "num_buckets", "full_eval_freq", "full_eval_at_end", "bleu_sampled_freq",
-                              "bleu_max_examples", "beam_size"})
-MODEL_ONLY_KEYS = {"mlp_hidden": ("mlp", "si_mlp"), "wrn_layout": ("wide_resnet28x10",),
-                   "norm": ("preresnet32", "vgg16", "vgg19"), "width": ("preresnet32",),
-                   "scale_invariant": ("preresnet32",),
-                   **{k: ("transformer_iwslt",) for k in TRANSFORMER_KEYS}}
-NOISE_KEYS = {"svag_l": ("svag",), "svag_variant": ("svag",), "noisy_gd_examples": ("noisy_gd",)}
-OPTIMIZER_ONLY_KEYS = {"singd_structure": ("singd",), "lr_cov": ("singd", "ikfac"), "singd_alpha1": ("singd",),
-                       "kfac_ema": ("kfac",), "prodigy_d_coef": ("prodigy",),
-                       **{k: KRONECKER_OPTIMIZERS for k in ("factor_update_every",
-                                                                               "factor_damping")}}
-DATASET_ONLY_KEYS = {"crop_mode": ("cifar10", "cifar100"), **{k: TRANSLATION_DATASETS for k in TRANSLATION_KEYS}}
-MODEL_ONLY_KEYS.update(grok_dim=("grok_transformer",), grok_depth=("grok_transformer",))
-DATASET_ONLY_KEYS["modulus"] = MODULAR_DATASETS
-
+INERT_KEYS = TABLES.inert
+# How a run is looked after, never what it computes (a resumed run is bit-exact): not part of a
+# cell's id, its rule params or its checkpoint key.
+BOOKKEEPING_KEYS = TABLES.bookkeeping
+# Keys read only by some models, datasets, optimizers or noise modes (see llqr.matrix.rule_params).
+MODEL_ONLY_KEYS = TABLES.owned["model"]
+DATASET_ONLY_KEYS = TABLES.owned["dataset"]
+OPTIMIZER_ONLY_KEYS = TABLES.owned["optimizer"]
+NOISE_KEYS = TABLES.owned["noise"]
+TRANSFORMER_KEYS = frozenset(k for k, models in MODEL_ONLY_KEYS.items() if models == ("transformer_iwslt",))
+TRANSLATION_KEYS = frozenset(k for k, datasets in DATASET_ONLY_KEYS.items() if datasets == TRANSLATION_DATASETS)
