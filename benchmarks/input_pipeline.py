@@ -32,7 +32,7 @@ from llqr.config import build_config  # noqa: E402
 from llqr.data import imagenet, load_dataset  # noqa: E402
 from llqr.data.stream import BatchStream  # noqa: E402
 from llqr.models import build_model  # noqa: E402
-from llqr.train.losses import smoothed_cross_entropy  # noqa: E402
+from llqr.optim.losses import smoothed_cross_entropy  # noqa: E402
 
 
 def _loader_rate(data, batch: int, batches: int) -> float:

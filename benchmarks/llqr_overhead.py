@@ -44,7 +44,7 @@ import optax  # noqa: E402
 from llqr.config import build_config  # noqa: E402
 from llqr.models.mlp import MLP  # noqa: E402
 from llqr.optim import get_blocks, make_llqr_fit, scale_by_llqr  # noqa: E402
-from llqr.train.losses import smoothed_cross_entropy  # noqa: E402
+from llqr.optim.losses import smoothed_cross_entropy  # noqa: E402
 
 
 class SmallCNN(nn.Module):

@@ -38,15 +38,12 @@ def batches_per_epoch(config: dict) -> float:
 
 
 def train_steps(config: dict) -> int:
-    """Loop steps of a run: the runner's accounting (llqr.train.loop.step_accounting), with SVAG's
-    l-fold stretch."""
-    ga = config.get("grad_acc_steps") or 1
-    total = int((batches_per_epoch(config) * config["total_epochs"]) // ga)
-    if config.get("max_steps"):
-        total = min(total, config["max_steps"])
-    if config.get("noise") == "svag" and (config.get("svag_l") or 1) > 1:
-        total *= config["svag_l"]
-    return total
+    """Parameter updates of a run, as the runner counts them (llqr.train.accounting)."""
+    from .train.accounting import updates_per_run
+
+    svag_l = config.get("svag_l") or 1 if config.get("noise") == "svag" else 1
+    return updates_per_run(batches_per_epoch(config), config["total_epochs"], config.get("grad_acc_steps") or 1,
+                           config.get("max_steps"), svag_l)
 
 
 def step_multiplier(config: dict) -> tuple[float, str]:

@@ -24,7 +24,7 @@ from llqr.models.stages import layer_tags
 from llqr.models.vgg import VGG16BN
 from llqr.models.wide_resnet import WideResNet
 from llqr.optim.structures import num_params as n_params
-from llqr.train.losses import smoothed_cross_entropy
+from llqr.optim.losses import smoothed_cross_entropy
 from fixtures.models import host_variables, shapes
 
 CIFAR = (32, 32, 3)

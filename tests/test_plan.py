@@ -50,7 +50,7 @@ def test_resources_are_the_rules_resources(paper_plan):
 
 
 def test_steps_follow_the_runners_accounting():
-    from llqr.train.loop import step_accounting
+    from llqr.train.accounting import step_accounting
 
     for preset, over in [("digits-mlp", {}), ("resnet18-cifar10", {}), ("digits-mlp", {"grad_acc_steps": 2}),
                          ("cnn-cifar10-hlr", {"total_epochs": 50}), ("digits-mlp", {"max_steps": 7})]:

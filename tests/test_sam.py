@@ -21,7 +21,10 @@ import pytest
 from conftest import REPO
 from llqr.config import ConfigError, build_config, resolve
 from llqr.optim import sam, set_blocks
-from llqr.train.loop import FeatureNotAvailable, _make_fns, build_update_chain, run
+from llqr.train.batches import Batch
+from llqr.train.loop import FeatureNotAvailable, run
+from llqr.train.state import TrainState
+from llqr.train.steps import build_update_chain, make_steps
 from test_train import _final_params, _flat, interrupted_run_matches_uninterrupted
 
 H = np.array([2.0, 0.5, 1.0])
@@ -59,21 +62,20 @@ def _setup(mode, **values):
     cfg = build_config({"optimizer": "sgd", "learning_rate": LR, "sam_mode": mode, "perturbation_rho": RHO,
                         "gbar_beta": BETA, **values})
     tx, main_tx = build_update_chain(cfg, cfg.learning_rate)
-    train_step, sam_step, *_ = _make_fns(Quad(), tx, cfg, main_tx)
+    steps = make_steps(Quad(), tx, main_tx, cfg)
     params = _tree(W0)
     opt_state = tx.init(params)
     if cfg.use_preconditioner:
         opt_state = set_blocks(opt_state, jax.tree_util.tree_map(lambda d: {"d": d}, _tree(P_DIAG)))
-    state = {"params": params, "batch_stats": {}, "opt_state": opt_state, "dropout_key": jax.random.PRNGKey(0)}
-    if mode is not None:
-        state["sam"] = sam.init_buffers(mode, params)
-    return cfg, train_step, sam_step, state
+    state = TrainState(params=params, batch_stats={}, opt_state=opt_state, dropout_key=jax.random.PRNGKey(0),
+                       sam=sam.init_buffers(mode, params) if mode is not None else None)
+    return cfg, steps.train, steps.sam, state
 
 
 def _run_steps(step_fn, state, batches, *extra):
     out = []
     for xs in batches:
-        state, loss = step_fn(state, jnp.asarray(xs), jnp.zeros((ACC, BATCH), jnp.int32), *extra)
+        state, loss = step_fn(state, Batch(jnp.asarray(xs), jnp.zeros((ACC, BATCH), jnp.int32)), *extra)
         out.append(float(loss))
     return state, out
 
@@ -145,12 +147,12 @@ def _check(mode, values, n_steps, *, llqr_update, p=P_DIAG, **ref_kw):
     trace, losses, buffers = _reference(mode, batches, p=p, llqr_update=llqr_update, **ref_kw)
     for i, xs in enumerate(batches):
         state, (loss,) = _run_steps(sam_step, state, [xs], jnp.float32(RHO))
-        np.testing.assert_allclose(_flat3(state["params"]), trace[i], rtol=2e-5, atol=1e-6, err_msg=f"step {i}")
+        np.testing.assert_allclose(_flat3(state.params), trace[i], rtol=2e-5, atol=1e-6, err_msg=f"step {i}")
         np.testing.assert_allclose(loss, losses[i], rtol=2e-5, err_msg=f"loss step {i}")
-    assert int(state["sam"]["count"]) == n_steps
+    assert int(state.sam["count"]) == n_steps
     for name in ("gbar", "g_last"):
-        if name in state["sam"]:
-            np.testing.assert_allclose(_flat3(state["sam"][name]), buffers[name], rtol=2e-5, atol=1e-7)
+        if name in state.sam:
+            np.testing.assert_allclose(_flat3(state.sam[name]), buffers[name], rtol=2e-5, atol=1e-7)
     return state
 
 
@@ -187,7 +189,7 @@ def test_base_fsam_first_step_uses_g_c_then_the_centred_gradient_and_gbar_ema(pe
 def test_past_fsam_has_zero_perturbation_first_then_uses_the_previous_gradients(norm_mode):
     values = {**LLQR_ON, "perturb_mode": "ema_precond_grad", "norm_mode": norm_mode}
     state = _check("past_fsam", values, 3, llqr_update=True, perturb_mode="ema_precond_grad", norm_mode=norm_mode)
-    assert set(state["sam"]) == {"count", "gbar", "g_last"}
+    assert set(state.sam) == {"count", "gbar", "g_last"}
 
 
 def test_past_fsam_first_step_is_the_plain_llqr_step():
@@ -195,7 +197,7 @@ def test_past_fsam_first_step_is_the_plain_llqr_step():
     xs = _batches(1)
     plain, _ = _run_steps(train_step, jax.tree_util.tree_map(jnp.copy, state), xs)
     first, _ = _run_steps(sam_step, state, xs, jnp.float32(RHO))
-    np.testing.assert_array_equal(_flat3(first["params"]), _flat3(plain["params"]))
+    np.testing.assert_array_equal(_flat3(first.params), _flat3(plain.params))
 
 
 def test_asam_scales_by_weight_magnitude_except_bias():
@@ -230,26 +232,26 @@ def test_vanilla_update_shares_the_main_optimizer_state():
     values = {"use_preconditioner": True, "sam_use_preconditioner_on_update": False, "optimizer": "polyak",
               "momentum": mu}
     _, train_step, sam_step, state = _setup("base_sam", **values)
-    structure = jax.tree_util.tree_structure(state["opt_state"])
+    structure = jax.tree_util.tree_structure(state.opt_state)
     xs0, xs1 = _batches(2, seed=3)
     state, _ = _run_steps(train_step, state, [xs0])
-    w1 = _flat3(state["params"])
+    w1 = _flat3(state.params)
     state, _ = _run_steps(sam_step, state, [xs1], jnp.float32(RHO))
-    assert jax.tree_util.tree_structure(state["opt_state"]) == structure
-    blocks = state["opt_state"][0].blocks
+    assert jax.tree_util.tree_structure(state.opt_state) == structure
+    blocks = state.opt_state[0].blocks
     np.testing.assert_allclose(_flat3(jax.tree_util.tree_map(lambda b: b["d"], blocks, is_leaf=lambda b: "d" in b)),
                                P_DIAG)
     m0 = P_DIAG * _grad(W0, xs0)
     g_c = _grad(w1, xs1)
     g_p = _grad(w1 + RHO * g_c / np.linalg.norm(g_c), xs1)
-    np.testing.assert_allclose(_flat3(state["params"]), w1 - LR * (mu * m0 + g_p), rtol=2e-5)
+    np.testing.assert_allclose(_flat3(state.params), w1 - LR * (mu * m0 + g_p), rtol=2e-5)
 
 
 def test_rho_is_a_traced_argument():
     _, _, sam_step, state = _setup("base_sam", **LLQR_OFF)
     xs = _batches(2)
     state, _ = _run_steps(sam_step, state, xs[:1], jnp.float32(0.0))
-    np.testing.assert_allclose(_flat3(state["params"]), W0 - LR * _grad(W0, xs[0]), rtol=1e-6)
+    np.testing.assert_allclose(_flat3(state.params), W0 - LR * _grad(W0, xs[0]), rtol=1e-6)
     state, _ = _run_steps(sam_step, state, xs[1:], jnp.float32(0.3))
     assert sam_step._cache_size() == 1
 

@@ -8,6 +8,7 @@ import pytest
 
 from llqr.models.stages import Builder, Flatten, Relu, StageNet
 from llqr.optim import singd as S
+from llqr.optim import singd_structures as SS
 from llqr.optim.capture import capture, conv_patches, kronecker_factors
 
 
@@ -32,7 +33,7 @@ class MLP(nn.Module):
 def test_ikfac_fixed_point():
     rng = np.random.default_rng(0)
     A, G, lam = _spd(rng, 6), _spd(rng, 3, 0.5, 1.5), 1e-3
-    sk, sc = S.make_structure("dense", 6), S.make_structure("dense", 3)
+    sk, sc = SS.make_structure("dense", 6), SS.make_structure("dense", 3)
     layer = S.SINGDLayer(sk.eye(), sc.eye(), jnp.zeros((6, 6)), jnp.zeros((3, 3)))
 
     def body(_, lay):
@@ -46,7 +47,7 @@ def test_ikfac_fixed_point():
 
 def _sym_pattern_projection(st, X):
     """Orthogonal projection of a symmetric X onto the symmetrised pattern."""
-    if isinstance(st, S.TriangularToeplitz):
+    if isinstance(st, SS.TriangularToeplitz):
         P = np.asarray(st.to_dense(st.project(X)))
         return P + P.T - np.diag(np.diag(P))
     M = st.mask()
@@ -57,7 +58,7 @@ def _sym_pattern_projection(st, X):
 def test_structure_projection_and_closure(name):
     rng = np.random.default_rng(1)
     n = 11
-    st = S.make_structure(name, n, block_size=4, k1=3, k2=2)
+    st = SS.make_structure(name, n, block_size=4, k1=3, k2=2)
     M = st.mask()
     X = rng.normal(size=(n, n)).astype(np.float32)
     X = jnp.asarray(X + X.T)
@@ -66,7 +67,7 @@ def test_structure_projection_and_closure(name):
     assert np.all(D[~M] == 0)
     for a, b in zip(jax.tree_util.tree_leaves(st.project(jnp.asarray(D))), jax.tree_util.tree_leaves(P)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # Π(Π(X)) = Π(X)
-    if isinstance(st, S.TriangularToeplitz):  # constant diagonals
+    if isinstance(st, SS.TriangularToeplitz):  # constant diagonals
         for k in range(n):
             d = np.diagonal(D, offset=k if st.upper else -k)
             np.testing.assert_allclose(d, d[0], rtol=1e-6)
@@ -75,7 +76,7 @@ def test_structure_projection_and_closure(name):
     np.testing.assert_allclose(H + H.T, 2 * _sym_pattern_projection(st, X), rtol=1e-5, atol=1e-5)
 
     # a few SINGD steps: storage products agree with the dense products, so K stays in the class
-    sk, sc = st, S.make_structure(name, 7, block_size=4, k1=3, k2=2)
+    sk, sc = st, SS.make_structure(name, 7, block_size=4, k1=3, k2=2)
     lay = S.SINGDLayer(sk.eye(), sc.eye(), jax.tree_util.tree_map(jnp.zeros_like, sk.eye()),
                        jax.tree_util.tree_map(jnp.zeros_like, sc.eye()))
     Kd, Cd = np.eye(n), np.eye(7)
@@ -96,17 +97,17 @@ def test_ikfac_direction_matches_kfac():
     x = jnp.asarray(rng.normal(size=(256, 64)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, 256))
     lam = 1e-3
-    ik = S.ikfac(1.0, momentum=0.0, damping=lam, update_every=1, lr_cov=0.3)
-    kf = S.kfac(1.0, momentum=0.0, damping=lam, update_every=1, ema_decay=0.0, damping_mode="plain")
+    ik = S.ikfac(1.0, momentum=0.0, damping=lam, lr_cov=0.3)
+    kf = S.kfac(1.0, momentum=0.0, damping=lam, ema_decay=0.0, damping_mode="plain")
 
     @jax.jit
     def run(key):
         params = model.init(key, x)["params"]
         grads = jax.grad(lambda p: _xent(model.apply({"params": p}, x), y))(params)
         factors = kronecker_factors(model.apply, params, x, y, _xent)
-        st = jax.lax.fori_loop(0, 150, lambda _, s: ik.update(grads, s, params, factors=factors)[1], ik.init(params))
-        d_ik, _ = ik.update(grads, st, params, factors=factors)
-        d_kf, _ = kf.update(grads, kf.init(params), params, factors=factors)
+        st = jax.lax.fori_loop(0, 151, lambda _, s: S.refresh(s, factors, params), ik.init(params))
+        d_ik, _ = ik.update(grads, st, params)
+        d_kf, _ = kf.update(grads, S.refresh(kf.init(params), factors, params), params)
         return grads, d_ik, d_kf
 
     grads, d_ik, d_kf = run(jax.random.PRNGKey(0))
@@ -192,8 +193,8 @@ def test_stage_net_factor_keys_drive_singd():
     model = TinyStages()
     x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 4, 4, 2)), jnp.float32)
     y = jnp.asarray([1, 2])
-    tx = S.singd(update_every=2, weight_decay=1e-4)
-    kf = S.kfac(update_every=2)
+    tx = S.singd(weight_decay=1e-4)
+    kf = S.kfac()
 
     @jax.jit
     def run(key):
@@ -201,10 +202,11 @@ def test_stage_net_factor_keys_drive_singd():
         factors = kronecker_factors(model.apply, params, x, y, _xent)
         grads = jax.grad(lambda p: _xent(model.apply({"params": p}, x), y))(params)
         states = [tx.init(params)]
-        for _ in range(3):  # factors passed every step; only steps 0 and 2 may use them
-            states.append(tx.update(grads, states[-1], params, factors=factors)[1])
-        kf_upd, _ = kf.update(grads, kf.init(params), params, factors=factors)
-        return factors, states[1:], kf_upd
+        for i in range(3):  # refreshed at steps 0 and 2 (T = 2, the runner's schedule)
+            state = S.refresh(states[-1], factors, params) if i % 2 == 0 else states[-1]
+            states.append(tx.update(grads, state, params)[1])
+        kf_upd, _ = kf.update(grads, S.refresh(kf.init(params), factors, params), params)
+        return factors, [s[0] for s in states[1:]], kf_upd
 
     factors, (s1, s2, s3), kf_upd = run(jax.random.PRNGKey(0))
     assert set(factors) == {("layers_0", "Conv_0", "kernel"), ("layers_3", "Dense_0", "kernel")}
@@ -223,7 +225,7 @@ def test_bf16_singd_reduces_loss(structure, normalize):
     x = rng.normal(size=(64, 8)).astype(np.float32)
     y = jnp.asarray(np.argmax(x[:, :3] + 0.5 * x[:, 3:6], axis=1))
     x = jnp.asarray(x, jnp.bfloat16)
-    tx = S.singd(0.05, update_every=2, lr_cov=0.05, structure=structure, normalize_lr_cov=normalize)
+    tx = S.singd(0.05, lr_cov=0.05, structure=structure, normalize_lr_cov=normalize)
 
     def loss(p):
         return _xent(model.apply({"params": p}, x), y)
@@ -231,7 +233,7 @@ def test_bf16_singd_reduces_loss(structure, normalize):
     def step(_, carry):
         p, s = carry
         factors = kronecker_factors(model.apply, p, x, y, _xent)
-        upd, s = tx.update(jax.grad(loss)(p), s, p, factors=factors)
+        upd, s = tx.update(jax.grad(loss)(p), S.refresh(s, factors, p), p)
         return jax.tree_util.tree_map(lambda a, b: a + b, p, upd), s
 
     @jax.jit
@@ -241,7 +243,7 @@ def test_bf16_singd_reduces_loss(structure, normalize):
         return loss(model.init(key, x)["params"]), loss(params), params, state
 
     first, last, params, state = run(jax.random.PRNGKey(0))
-    assert all(lay.K.dtype == jnp.bfloat16 for lay in state.layers.values())
+    assert all(lay.K.dtype == jnp.bfloat16 for lay in state[0].layers.values())
     assert all(np.isfinite(np.asarray(v, np.float32)).all() for v in jax.tree_util.tree_leaves((params, state)))
     assert float(last) < 0.8 * float(first), (float(first), float(last))
 

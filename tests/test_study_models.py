@@ -24,7 +24,7 @@ from llqr.models.study_mlp import ScaleInvariantMLP
 from llqr.models.study_vgg import StudyVGG
 from llqr.models.study_vit import SimpleViT, posemb_sincos_2d
 from llqr.optim.structures import num_params
-from llqr.train.losses import smoothed_cross_entropy
+from llqr.optim.losses import smoothed_cross_entropy
 from fixtures.models import host_variables, shapes
 
 CIFAR = (32, 32, 3)

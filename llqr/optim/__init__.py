@@ -2,6 +2,7 @@
 
 from . import sam
 from .fit import make_llqr_fit
+from .singd import refresh as refresh_kronecker
 from .lqr import Problem, fit_blocks, lqr_cost, make_problem, precond_cost_and_grad
 from .structures import FAMILIES, apply_blocks, block_skews, block_stats, init_blocks
 from .transform import LLQRState, get_blocks, precondition, scale_by_llqr, set_blocks
@@ -21,6 +22,7 @@ __all__ = [
     "make_problem",
     "precond_cost_and_grad",
     "precondition",
+    "refresh_kronecker",
     "sam",
     "scale_by_llqr",
     "set_blocks",

@@ -10,7 +10,7 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 
-from ..train.losses import smoothed_cross_entropy
+from .losses import smoothed_cross_entropy
 from .divergences import terminal_cost
 from .lqr import curvature_objective
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..train.losses import smoothed_cross_entropy
+from .losses import smoothed_cross_entropy
 from . import structures
 from .divergences import terminal_cost
 

@@ -28,7 +28,7 @@ class ClassificationEval:
     def evaluate(self, state, step: int, total_steps: int) -> dict:
         loss_sum, correct = 0.0, 0
         for x, y in self.data.eval_batches(self.batch_size):
-            l_sum, c, _n = self.eval_sums(state["params"], state["batch_stats"], x, y)
+            l_sum, c, _n = self.eval_sums(state.params, state.batch_stats, x, y)
             loss_sum += float(l_sum)
             correct += int(c)
         n = self.data.test_size

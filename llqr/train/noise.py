@@ -17,7 +17,7 @@ import numpy as np
 
 from ..data.stream import BatchStream
 from ..optim import svag
-from .losses import smoothed_cross_entropy
+from ..optim.losses import smoothed_cross_entropy
 
 FULL_GRAD_EXAMPLES = 4096  # the large-sample gradient's subset (all of a smaller train split)
 SIDE_SEED = 7919
@@ -46,7 +46,7 @@ class NoiseProbe:
         return start is not None and step >= start * spe
 
     def measure(self, state, step: int) -> dict:
-        params, bs, b, m = state["params"], state["batch_stats"], self.cfg.batch_size, self.cfg.noise_stats_batches
+        params, bs, b, m = state.params, state.batch_stats, self.cfg.batch_size, self.cfg.noise_stats_batches
         grads = []
         for i in range(m):
             k = step * m + i

@@ -72,16 +72,15 @@ def build_main_tx(cfg, lr_schedule) -> optax.GradientTransformation:
     return opt
 
 
-def kronecker_tx(cfg, lr_schedule) -> optax.GradientTransformationExtraArgs:
-    """SINGD / IKFAC / KFAC (llqr.optim.singd): momentum, coupled weight decay and the LR are inside
-    the transformation; its ``update`` takes ``factors=`` from llqr.optim.capture every T steps."""
+def kronecker_tx(cfg, lr_schedule) -> optax.GradientTransformation:
+    """SINGD / IKFAC / KFAC (llqr.optim.singd): the preconditioning transformation chained with
+    optax's coupled weight decay, momentum and learning rate. The runner refreshes its factors
+    every ``factor_update_every`` steps (llqr.train.actions.RefreshFactors)."""
     from ..optim import singd
 
-    common = {"momentum": cfg.momentum, "damping": cfg.factor_damping, "weight_decay": cfg.weight_decay or 0.0,
-              "update_every": cfg.factor_update_every}
+    common = {"momentum": cfg.momentum, "damping": cfg.factor_damping, "weight_decay": cfg.weight_decay or 0.0}
     if cfg.optimizer == "kfac":
         return singd.kfac(lr_schedule, ema_decay=cfg.kfac_ema, **common)
     if cfg.optimizer == "ikfac":
         return singd.ikfac(lr_schedule, lr_cov=cfg.lr_cov, **common)
     return singd.singd(lr_schedule, lr_cov=cfg.lr_cov, alpha1=cfg.singd_alpha1, structure=cfg.singd_structure, **common)
-

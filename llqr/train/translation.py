@@ -45,7 +45,7 @@ class TranslationEval:
 
     @staticmethod
     def _variables(state) -> dict:
-        return {"params": state["params"]}
+        return {"params": state.params}
 
     def due(self, step: int, total_steps: int) -> bool:
         return periodic(step, self.cfg.test_eval_freq, total_steps) or bleu_kind(self.cfg, step, total_steps) is not None
@@ -79,7 +79,7 @@ class TranslationEval:
         """Token accuracy (%), loss (nats/token), nll in bits and perplexity, unsmoothed."""
         nll, hits, count = 0.0, 0.0, 0.0
         for x, y, _ids in self.data.eval_batches(split, self.batch_size):
-            a, b, c = self.eval_sums(state["params"], state["batch_stats"], x, y)
+            a, b, c = self.eval_sums(state.params, state.batch_stats, x, y)
             nll, hits, count = nll + float(a), hits + float(b), count + float(c)
         loss = nll / max(count, 1.0)
         bits = loss / math.log(2.0)
