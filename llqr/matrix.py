@@ -17,9 +17,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .config import FIELDS, SCHEDULE_FAMILIES, ConfigError
-from .config.fields import BOOKKEEPING_KEYS, INERT_KEYS, PARAMS_OWNERS, TABLES, is_read, omitted_at_default
+from .config.fields import BOOKKEEPING_KEYS, INERT_KEYS, PARAMS_OWNERS, TABLES, omitted_at_default
 from .config.presets import apply_overrides, build_config, list_presets, load_preset
-from .config.validate import check_path_name
+from .config.validate import check_name, check_path_name, check_runnable, check_safe_text
 from .resources import check_resource_presets
 from .tune.space import check_space, corners
 
@@ -99,9 +99,15 @@ class Study:
 _OWNED_KEYS = tuple(k for owner in PARAMS_OWNERS for k in TABLES.owned[owner])
 
 
+def _met(alternatives: tuple, config: dict) -> bool:
+    """Whether ``config`` meets a field's read_when (fields.is_read, for the keys with one)."""
+    return any(all(config.get(k) in cond for k, cond in alt.items()) for alt in alternatives)
+
+
 def _unread(config: dict) -> dict:
     """The keys of ``config`` that its model, dataset, optimizer or noise mode never reads."""
-    return {key: config[key] for key in _OWNED_KEYS if key in config and not is_read(key, config)}
+    return {key: config[key] for key in _OWNED_KEYS
+            if key in config and not _met(TABLES.read_when[key], config)}
 
 
 def rule_params(config: dict) -> dict:
@@ -239,7 +245,7 @@ def normalise(config: dict, base: dict) -> dict:
         out["noise"], out["svag_l"], out["svag_variant"] = base["noise"], base["svag_l"], base["svag_variant"]
     # the conditions name only keys never reset here (model, dataset, optimizer, noise,
     # use_preconditioner, sam_mode, precond_identity_scaling), so one pass over the config suffices
-    unread = [key for key in TABLES.conditional if key in out and not is_read(key, out)]
+    unread = [key for key, alts in TABLES.read_when.items() if key in out and not _met(alts, out)]
     for key in unread:  # e.g. singd_structure in an AdamW cell
         out[key] = base[key] if key in base else out[key]
     return out
@@ -285,11 +291,26 @@ def _check_unique(surface: str, what: str, values: list):
         seen.add(key)
 
 
+def _check_label(surface: str, axis: str, label: str) -> None:
+    """A variant label is shown in tables and figures and named by rule conditions: no shell
+    metacharacters, control characters, '/' or '..'."""
+    try:
+        check_safe_text(label, f"label of axis '{axis}'")
+    except ConfigError as exc:
+        raise _err(surface, str(exc)) from None
+    if not label.strip() or "/" in label or label.strip() == "..":
+        raise _err(surface, f"label of axis '{axis}' {label!r} must be non-empty, without '/' and not '..'")
+
+
 def _parse_axes(name: str, axes: dict) -> dict:
     if not isinstance(axes, dict):
         raise _err(name, "'axes' must map axis names to lists of {label, set}")
     parsed = {}
     for axis, variants in axes.items():
+        try:
+            check_name(axis, "axis name")
+        except ConfigError as exc:
+            raise _err(name, str(exc)) from None
         if axis in ("preset", "seed"):
             raise _err(name, f"axis name '{axis}' is reserved")
         if not isinstance(variants, list) or not variants:
@@ -298,7 +319,9 @@ def _parse_axes(name: str, axes: dict) -> dict:
         for v in variants:
             if not isinstance(v, dict) or "label" not in v:
                 raise _err(name, f"axis '{axis}': each variant needs a 'label' (got {v!r})")
-            out.append((str(v["label"]), dict(v.get("set") or {})))
+            label = str(v["label"])
+            _check_label(name, axis, label)
+            out.append((label, dict(v.get("set") or {})))
         _check_unique(name, f"label in axis '{axis}':", [lab for lab, _ in out])
         _check_unique(name, f"variant settings in axis '{axis}':", [s for _, s in out])
         parsed[axis] = out
@@ -371,6 +394,11 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
     if not presets:
         raise _err(name, "'presets' is empty")
     _check_unique(name, "preset", presets)
+    for preset in presets:
+        try:
+            check_name(preset, "preset")
+        except ConfigError as exc:
+            raise _err(name, str(exc)) from None
     seeds = spec.get("seeds") or []
     if not seeds:
         raise _err(name, "'seeds' is empty")
@@ -467,12 +495,27 @@ def _resolve(base_values: dict, base: dict, overrides: dict, seed: int, preset: 
     full = build_config(merged).to_dict()
     config = normalise(full, base)
     build_config(config)
+    check_runnable(config)  # what the job gets: refuse now what it would refuse there
     return config, {key: full[key] for key in BOOKKEEPING_KEYS}
 
 
+_CORNERS_OK: set = set()  # (config, space) pairs already checked: a study's positions repeat them
+
+
 def _check_corners(config: dict, space: dict) -> None:
-    for corner in corners(space):
-        build_config(apply_overrides(config, corner))
+    """Every trial a study can draw must be a valid, runnable config: both ends of every range and
+    every choice of every categorical entry (on top of the low corner)."""
+    key = canonical_json([config, space])
+    if key in _CORNERS_OK:
+        return
+    low, *rest = corners(space)
+    assignments = [low, *rest] + [{**low, name: choice} for name, dist in space.items()
+                                  for choice in dist.get("choices", [])[1:-1]]
+    for assignment in assignments:
+        check_runnable(build_config(apply_overrides(config, assignment)))
+    if len(_CORNERS_OK) > 100_000:
+        _CORNERS_OK.clear()
+    _CORNERS_OK.add(key)
 
 
 def _study_for(name, tune, axes, combo, rules, preset, base_values, base, studies, where):
@@ -536,6 +579,7 @@ def expand(workflow_config: dict, presets_dir=None) -> Matrix:
         if "/" in str(name) or not name:
             raise ConfigError(f"surface name {name!r} must be non-empty and contain no '/'")
         check_path_name(name, "surface name")
+        check_name(name, "surface name")
         surfaces[name] = expand_surface(name, spec, cells, presets_dir, cache, studies)
     if not surfaces:
         raise ConfigError("the workflow config defines no surfaces (all are switched off)")
@@ -548,16 +592,10 @@ SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema" / "config.sch
 
 def validate_schema(config: dict) -> None:
     """The workflow config's JSON-schema check, as one ConfigError naming the offending key (the
-    Snakefile runs it before Snakemake's own, whose message for a bad surface is only "not valid
-    under any of the given schemas"; llqr.plan runs it too)."""
-    import jsonschema
-    import yaml
+    first step of llqr.validator.check_workflow, which the Snakefile and llqr.plan run)."""
+    from .validator import check_schema
 
-    schema = yaml.safe_load(SCHEMA.read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "config"
-        raise ConfigError(f"{where}: {error.message} (schema config/schema/{SCHEMA.name})")
+    check_schema(config)
 
 
 def load_workflow_config(*paths) -> dict:

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from .config import ConfigError
 from .cost import STEP_TIMES, StepTime, cell_cost, load_step_times
-from .matrix import expand, load_workflow_config, validate_schema
+from .matrix import load_workflow_config, validate_schema  # noqa: F401 (the schema check, as before)
 from .resources import preset_resources, resource
+from .validator import check_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ("demo", "demo_extra", "paper", "studies")
@@ -37,7 +38,6 @@ def _config(files) -> dict:
         config = load_workflow_config(REPO / "config" / "config.yaml", *files)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # a missing file, invalid YAML
         raise ConfigError(f"cannot read the workflow config: {exc}") from None
-    validate_schema(config)
     return config
 
 
@@ -61,8 +61,9 @@ def select(matrix, targets) -> list[str]:
 
 
 def plan(config: dict, targets, step_times: dict) -> dict:
-    """Rows per cell and per study, surface subtotals and the total (shared cells counted once)."""
-    matrix = expand(config)
+    """Rows per cell and per study, surface subtotals and the total (shared cells counted once);
+    the config is checked first by the workflow's validator (llqr.validator.check_workflow)."""
+    matrix = check_workflow(config)
     names = select(matrix, targets)
     rows, surfaces, studies = {}, [], {}
 
@@ -208,7 +209,7 @@ def estimate(args) -> int:
     from .flops import estimate_seconds
 
     config = _config(args.configfile)
-    matrix = expand(config)
+    matrix = check_workflow(config)
     known = load_step_times(args.step_times)
     presets = sorted({c.preset for c in matrix.cells.values()})
     found = {}

@@ -3,21 +3,19 @@ import json
 import os
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from llqr.config import ConfigError
 from llqr.jobparams import JobParams, config_flag, normalise_dir
-from llqr.matrix import expand, preset_base, validate_schema
+from llqr.matrix import preset_base
 from llqr.resources import DEFAULTS as RESOURCE_DEFAULTS, preset_resources as _preset_resources
+from llqr.validator import check_workflow
 
 
+# The one validator (llqr/validator.py): the schema (its defaults filled in), every string that can
+# reach a path or a command line, every cell's run config and what its job would refuse; one line
+# naming the offending key, before any job is queued.
 try:
-    validate_schema(config)  # one line naming the offending key
-except ConfigError as exc:
-    raise WorkflowError(f"invalid workflow config: {exc}") from None
-validate(config, schema="../config/schema/config.schema.yaml")  # fills in the schema's defaults
-try:
-    MATRIX = expand(config)
+    MATRIX = check_workflow(config, fill_defaults=True)
 except ConfigError as exc:
     raise WorkflowError(f"invalid workflow config: {exc}") from None
 

@@ -92,7 +92,7 @@ NOT_NULL = Not(None)
 
 
 def opt(default, kind: str, *, doc: str, choices=None, minimum=None, maximum=None, gt=None, nullable=False,
-        read_when=None, bookkeeping=False, inert=False, params_at_default=True):
+        read_when=None, bookkeeping=False, inert=False, params_at_default=True, path=False):
     """A config field with everything known about its key.
 
     ``read_when``: when a run reads the key, as ``{other_key: allowed values}`` (every entry must
@@ -103,13 +103,14 @@ def opt(default, kind: str, *, doc: str, choices=None, minimum=None, maximum=Non
     ``bookkeeping``: how a run is looked after, never what it computes (not in cell ids, rule params
     or checkpoint keys). ``inert``: accepted for the reference's configs, never changes a run here.
     ``params_at_default=False``: left out of the rule params while at its default (for keys whose
-    default is the behaviour cells had before the key existed).
+    default is the behaviour cells had before the key existed). ``path``: a location the run reads
+    (no '..' component, no shell metacharacters).
     """
     if not doc or not doc.strip():
         raise ValueError("every config field needs a doc")
     meta = dict(kind=kind, choices=choices, minimum=minimum, maximum=maximum, gt=gt, nullable=nullable, doc=doc,
                 read_when=_alternatives(read_when), bookkeeping=bookkeeping, inert=inert,
-                params_at_default=params_at_default)
+                params_at_default=params_at_default, path=path)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: _fresh(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -136,7 +137,7 @@ def sched(name: str, doc: str, read_when=None):
     return field(default_factory=lambda: default_schedule(name),
                  metadata=dict(kind="schedule", choices=None, minimum=None, maximum=None, gt=None, nullable=False,
                                doc=doc, read_when=_alternatives(read_when), bookkeeping=False, inert=False,
-                               params_at_default=True))
+                               params_at_default=True, path=False))
 
 
 _LLQR = {"use_preconditioner": (True,)}  # read only while the preconditioner is fitted
@@ -163,7 +164,7 @@ class RunConfig:
     dataset: str = opt("digits", "str", choices=DATASETS,
                        doc="Dataset, prepared by the workflow under data_dir/<dataset> (digits and mod_sum are "
                            "generated, the others fetched).")
-    dataset_dir: str = opt(None, "str", nullable=True,
+    dataset_dir: str = opt(None, "str", nullable=True, path=True,
                            doc="Where the prepared dataset lives if not data_dir/<dataset>: a path the run reads "
                                "(absolute, or relative to the working directory; no '..' component, no shell "
                                "metacharacters); the workflow neither prepares nor tracks data there. "
@@ -491,6 +492,7 @@ class Tables:
     bookkeeping: tuple
     owned: dict  # owner (model, dataset, optimizer, noise) -> {key: values that read it}
     conditional: tuple  # every key with a read_when
+    read_when: dict  # key -> its read_when alternatives, for the keys in ``conditional``
 
 
 def derive(fields: dict) -> Tables:
@@ -508,6 +510,7 @@ def derive(fields: dict) -> Tables:
         bookkeeping=tuple(k for k, f in fields.items() if f.metadata["bookkeeping"]),
         owned={owner: _owned(fields, owner) for owner in PARAMS_OWNERS},
         conditional=tuple(k for k, f in fields.items() if f.metadata["read_when"]),
+        read_when={k: f.metadata["read_when"] for k, f in fields.items() if f.metadata["read_when"]},
     )
 
 

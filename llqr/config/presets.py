@@ -9,8 +9,16 @@ import yaml
 
 from .fields import FIELDS, RunConfig
 from .schedule_families import SCHEDULE_KEYS
-from .validate import (ConfigError, check_combinations, check_path_name, coerce_schedule, coerce_value, suggest,
-                       unknown_key)
+from .validate import (
+    ConfigError,
+    check_combinations,
+    check_path_name,
+    check_safe_text,
+    coerce_schedule,
+    coerce_value,
+    suggest,
+    unknown_key,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESET_META_KEYS = ("inherits", "description")
@@ -29,6 +37,7 @@ def list_presets(directory: Path | None = None) -> list[str]:
 def load_preset(name: str, directory: Path | None = None, _seen: tuple = ()) -> dict:
     """The preset's values (after ``inherits``), keys checked, values not yet coerced."""
     directory = Path(directory or presets_dir())
+    check_safe_text(name, "preset", allow_space=False)
     path = directory / f"{check_path_name(name, 'preset', hidden_ok=bool(_seen))}.yaml"
     if not path.is_file():
         known = list_presets(directory)

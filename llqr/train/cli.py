@@ -10,7 +10,7 @@ import argparse
 import shlex
 import sys
 
-from ..config import ConfigError, build_config, check_path_name, parse_overrides, resolve
+from ..config import ConfigError, check_path_name, parse_overrides, resolve
 from ..matrix import cell_id as make_cell_id
 from ..matrix import BOOKKEEPING_KEYS, normalise, preset_base
 from ..models import ModelNotAvailable
@@ -19,6 +19,7 @@ EPILOG = """examples:
   python -m llqr.train preset=digits-mlp
   python -m llqr.train preset=digits-mlp optimizer=polyak learning_rate=0.05 lr_scheduler=cosine_annealing
   python -m llqr.train preset=digits-mlp lr_scheduler.t_max=12 --print-config
+  python -m llqr.train --list-keys            every key: type, default, allowed values, when read, doc
 exit status: 0 ok or diverged (see summary.json), 2 bad config, 3 data error, 4 unavailable feature,
 5 no intact checkpoint (the message names the folder to delete), 6 another run holds the cell's lock, 75 preempted (checkpoint saved; run again
 to resume)."""
@@ -34,13 +35,24 @@ def parse_args(argv):
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--cell-id", default=None, help="override the derived cell id")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--list-keys", action="store_true",
+                        help="print every config key (type, default, allowed values, when it is read, doc) and exit")
+    parser.add_argument("--markdown", action="store_true",
+                        help="with --list-keys: as docs/configuration.md (a Markdown table)")
     parser.add_argument("--take-over-lock", action="store_true",
                         help="take the cell's lock even if another host holds it (only if that run is gone)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.markdown and not args.list_keys:
+        parser.error("--markdown goes with --list-keys")
+    return args
 
 
 def resolve_cell(items: list[str]):
-    """(RunConfig, cell id) from CLI items, normalised as the workflow does."""
+    """(RunConfig, cell id) from CLI items, normalised as the workflow does and checked by the
+    workflow's validator (llqr.validator.check_run_config): a config the runner would refuse is a
+    ConfigError here."""
+    from ..validator import check_run_config
+
     overrides = parse_overrides(items)
     preset = overrides.pop("preset", None)
     cfg = resolve(preset, overrides)
@@ -49,7 +61,7 @@ def resolve_cell(items: list[str]):
     cid = make_cell_id(preset or "custom", config, base)
     # bookkeeping keys are not part of the id, but the run uses the values given
     config.update({key: getattr(cfg, key) for key in BOOKKEEPING_KEYS})
-    return build_config(config), cid
+    return check_run_config(config), cid
 
 
 def check_cell_id(cell_id: str) -> str:
@@ -63,6 +75,11 @@ def check_cell_id(cell_id: str) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.list_keys:
+        from ..config.keydoc import render_markdown, render_text
+
+        print(render_markdown() if args.markdown else render_text(), end="")
+        return 0
     try:
         cfg, cid = resolve_cell(args.overrides)
         if args.cell_id is not None:
