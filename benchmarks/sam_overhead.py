@@ -1,6 +1,6 @@
 """SAM overhead, measured side by side in one run: each SAM mode's step vs the plain step.
 
-The steps are the runner's own jitted functions (``llqr.train.loop._make_fns``) on the reference MLP
+The steps are the runner's own jitted functions (``llqr.train.steps.make_steps``) on the reference MLP
 784-100-300-10 at batch 128 with synthetic data and heavy-ball SGD. Each mode runs with LLQR off
 (``use_preconditioner=false``, vanilla outer update, ``perturb_mode=ema_grad``) and on (P applied in
 the perturbation and the update, ``perturb_mode=ema_precond_grad`` where the mode reads it); it is
@@ -32,7 +32,9 @@ import jax.numpy as jnp  # noqa: E402
 from llqr.config import build_config  # noqa: E402
 from llqr.models.mlp import MLP  # noqa: E402
 from llqr.optim import sam  # noqa: E402
-from llqr.train.loop import _make_fns, build_update_chain  # noqa: E402
+from llqr.train.batches import Batch  # noqa: E402
+from llqr.train.state import TrainState  # noqa: E402
+from llqr.train.steps import build_update_chain, make_steps  # noqa: E402
 
 MODES = (None, "base_sam", "base_fsam", "past_fsam", "asam", "fisher_sam")
 PRECOND_READERS = ("base_sam", "base_fsam", "past_fsam")  # modes whose perturbation applies P
@@ -62,13 +64,14 @@ def build_step(mode, llqr: bool, batch: int, seed: int = 0):
     ys = jax.random.randint(key, (1, batch), 0, 10)
     params = model.init(key, xs[0, :1])["params"]
     tx, main_tx = build_update_chain(cfg, cfg.learning_rate)
-    train_step, sam_step, *_ = _make_fns(model, tx, cfg, main_tx)
-    state = {"params": params, "batch_stats": {}, "opt_state": tx.init(params), "dropout_key": key}
+    steps = make_steps(model, tx, main_tx, cfg)
+    state = TrainState(params=params, batch_stats={}, opt_state=tx.init(params), dropout_key=key,
+                       sam=sam.init_buffers(mode, params) if mode is not None else None)
+    batch = Batch(xs, ys)
     if mode is None:
-        return (lambda s: train_step(s, xs, ys)), state
-    state["sam"] = sam.init_buffers(mode, params)
+        return (lambda s: steps.train(s, batch)), state
     rho = jnp.float32(cfg.perturbation_rho)
-    return (lambda s: sam_step(s, xs, ys, rho)), state
+    return (lambda s: steps.sam(s, batch, rho)), state
 
 
 def measure(rounds: int, steps: int, batch: int) -> list[dict]:

@@ -3,10 +3,10 @@
 Variants, all on the same model, batch and synthetic data: SGD (heavy-ball, ``optimizer=polyak``,
 momentum 0.9: the baseline of the ratios, and LLQR's main optimizer), AdamW, KFAC, IKFAC, SINGD
 (dense and diagonal K, C) and LLQR (diagonal and e-kfac P on polyak). The steps are the runner's
-own jitted functions (``llqr.train.loop._make_fns``) with the runner's optimizers
+own jitted functions (``llqr.train.steps.make_steps``) with the runner's optimizers
 (``build_update_chain``), state layout and periodic work:
 
-- KFAC / IKFAC / SINGD: one ``train_step(..., with_factors=True)`` every ``--factor-every`` (T)
+- KFAC / IKFAC / SINGD: one ``Steps.refresh_factors`` before the step every ``--factor-every`` (T)
   steps, as the runner does (``step % factor_update_every == 0``); the amortised time is measured
   directly over rounds of K steps (K a multiple of T) with the factor steps in place.
 - LLQR: one ``llqr_fit`` every ``--precond-every`` steps (``update_preconditioner_every``), on
@@ -51,7 +51,9 @@ from llqr.config import build_config  # noqa: E402
 from llqr.config.fields import KRONECKER_OPTIMIZERS  # noqa: E402
 from llqr.models.mlp import MLP  # noqa: E402
 from llqr.optim import get_blocks, set_blocks  # noqa: E402
-from llqr.train.loop import _make_fns, build_update_chain  # noqa: E402
+from llqr.train.batches import Batch  # noqa: E402
+from llqr.train.state import TrainState  # noqa: E402
+from llqr.train.steps import build_update_chain, make_steps  # noqa: E402
 
 MODELS = {
     "mlp": ("MLP 784-100-300-10", lambda: MLP(hidden=(100, 300), num_classes=10)),
@@ -84,15 +86,15 @@ class Variant:
         self.kronecker = cfg.optimizer in KRONECKER_OPTIMIZERS
         self.llqr = bool(cfg.use_preconditioner)
         tx, main_tx = build_update_chain(cfg, cfg.learning_rate)
-        self.train_step, _sam, _ev, _acc, self.llqr_fit = _make_fns(model, tx, cfg, main_tx)
+        self.steps = make_steps(model, tx, main_tx, cfg)
         params = jax.jit(model.init, static_argnames="train")(key, xs[0, :1], train=False)["params"]
         if cfg.precision == "bf16":  # as run(): params (hence activations and optimizer state) in bfloat16
             params = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), params)
         # one buffer per leaf, as run(): the step donates its state
-        self.state = {"params": params, "batch_stats": {},
-                      "opt_state": jax.tree_util.tree_map(jnp.copy, tx.init(params)),
-                      "dropout_key": jnp.copy(key)}
+        self.state = TrainState(params=params, batch_stats={},
+                                opt_state=jax.tree_util.tree_map(jnp.copy, tx.init(params)), dropout_key=jnp.copy(key))
         self.xs, self.ys = xs, ys
+        self.batch = Batch(xs, ys)
         self.fx = xs[0, : cfg.precond_batch_size]
         self.fy = ys[0, : cfg.precond_batch_size]
         self.times = {"step": [], "cycle": [], "fit": []}
@@ -106,8 +108,9 @@ class Variant:
         t = time.perf_counter()
         state, loss = self.state, None
         for i in range(k):
-            factors = periodic and self.kronecker and (self.count + i) % T == 0
-            state, loss = self.train_step(state, self.xs, self.ys, with_factors=factors)
+            if periodic and self.kronecker and (self.count + i) % T == 0:
+                state = self.steps.refresh_factors(state, self.batch)
+            state, loss = self.steps.train(state, self.batch)
         jax.block_until_ready((state, loss))
         dt = (time.perf_counter() - t) / k
         self.state, self.loss, self.count = state, loss, self.count + k
@@ -118,11 +121,11 @@ class Variant:
         s = self.state
         jax.block_until_ready(s)
         t = time.perf_counter()
-        blocks, _c0, c1 = self.llqr_fit(get_blocks(s["opt_state"]), s["params"], s["batch_stats"], self.fx, self.fy,
-                                        float(self.cfg.precond_lr), float(self.cfg.ema_decay))
+        blocks, _c0, c1 = self.steps.llqr_fit(get_blocks(s.opt_state), s.params, s.batch_stats, self.fx, self.fy,
+                                              float(self.cfg.precond_lr), float(self.cfg.ema_decay))
         jax.block_until_ready((blocks, c1))
         dt = time.perf_counter() - t
-        self.state = dict(s, opt_state=set_blocks(s["opt_state"], blocks))
+        self.state = s.replace(opt_state=set_blocks(s.opt_state, blocks))
         return dt
 
 
@@ -157,8 +160,8 @@ def measure(model_name: str, precision: str, rounds: int, steps: int, factor_eve
         row = {"variant": v.name, "optimizer": v.cfg.optimizer, "step_ms": 1e3 * t_step,
                "step_spread_ms": 1e3 * (max(v.times["step"]) - min(v.times["step"])),
                "periodic": None, "periodic_every": None, "periodic_ms": None,
-               "state_bytes": _tree_bytes(v.state["opt_state"]),
-               "param_bytes": _tree_bytes(v.state["params"]),
+               "state_bytes": _tree_bytes(v.state.opt_state),
+               "param_bytes": _tree_bytes(v.state.params),
                "final_loss": float(v.loss), "finite": bool(np.isfinite(float(v.loss)))}
         if v.kronecker:
             t_cycle = statistics.median(v.times["cycle"])
