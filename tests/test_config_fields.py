@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from llqr.config import fields, presets
 from llqr.config.fields import FIELDS, RunConfig, derive, opt
 from llqr.config.keydoc import render_markdown, render_text
@@ -80,7 +80,7 @@ def test_the_configuration_reference_is_generated_and_current():
 
 def test_list_keys_prints_every_key_with_type_default_choices_and_when_read():
     proc = subprocess.run([sys.executable, "-m", "llqr.train", "--list-keys"], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+                          cwd=REPO, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == render_text()
     assert "divergence: str = ngd  [ngd, newton, reverse_kl" in proc.stdout
@@ -89,7 +89,7 @@ def test_list_keys_prints_every_key_with_type_default_choices_and_when_read():
     for name in FIELDS:
         assert f"\n{name}: " in "\n" + proc.stdout
     md = subprocess.run([sys.executable, "-m", "llqr.train", "--list-keys", "--markdown"], capture_output=True,
-                        text=True, cwd=REPO, timeout=120)
+                        text=True, cwd=REPO, timeout=120, check=False)
     assert md.returncode == 0 and md.stdout == (REPO / "docs" / "configuration.md").read_text()
 
 
