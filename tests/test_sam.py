@@ -22,7 +22,7 @@ from conftest import REPO
 from llqr.config import ConfigError, build_config, resolve
 from llqr.optim import sam, set_blocks
 from llqr.train.batches import Batch
-from llqr.train.loop import FeatureNotAvailable, run
+from llqr.train.loop import run
 from llqr.train.state import TrainState
 from llqr.train.steps import build_update_chain, make_steps
 from test_train import _final_params, _flat, interrupted_run_matches_uninterrupted
@@ -312,7 +312,7 @@ def test_valid_toggles_resolve():
                                        ("sam_research_base_vector_source", "random_direction")])
 def test_research_ablations_fail_before_any_training(tmp_path, key, value):
     cfg = resolve("digits-mlp-smoke", {"sam_mode": "base_sam", **LLQR_OFF, key: value})
-    with pytest.raises(FeatureNotAvailable, match=f"{key}={value} is a research-only SAM ablation"):
+    with pytest.raises(ConfigError, match=f"{key}={value} is a research-only SAM ablation"):
         run(cfg, cell_id="f/x/seed42", results_dir=tmp_path, checkpoints_dir=tmp_path, data_root=tmp_path)
 
 

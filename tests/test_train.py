@@ -207,9 +207,9 @@ def test_qualitative_llqr_newton_lowers_training_loss_faster_per_step_than_sgd(t
      "sam_research_perturb_sign=descent is a research-only SAM ablation"),
 ])
 def test_unavailable_features_fail_before_any_training(tmp_path, overrides, message):
-    from llqr.train.loop import FeatureNotAvailable
+    from llqr.config import ConfigError
 
-    with pytest.raises(FeatureNotAvailable, match=message):
+    with pytest.raises(ConfigError, match=message):
         run(resolve("digits-mlp-smoke", overrides), cell_id="f/default/seed42", results_dir=tmp_path,
             checkpoints_dir=tmp_path, data_root=tmp_path)
     assert not list(tmp_path.rglob("summary.json"))

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     from ..optim.structures import StructureTooLarge
     from .checkpoint import NoIntactCheckpoint
     from .lock import CellLocked
-    from .loop import FeatureNotAvailable, Preempted, PREEMPTED_EXIT_CODE, run
+    from .loop import Preempted, PREEMPTED_EXIT_CODE, run
 
     command = shlex.join(["python", "-m", "llqr.train", *argv])
     try:
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
             prepare_missing=True,
             take_over_lock=args.take_over_lock,
         )
-    except (ModelNotAvailable, FeatureNotAvailable) as exc:
+    except ModelNotAvailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
     except StructureTooLarge as exc:

@@ -26,12 +26,12 @@ import optax
 
 from ..config import RunConfig
 from ..config.fields import KRONECKER_OPTIMIZERS
+from ..config.validate import check_runnable
 from ..data import DataError, dataset_dir, load_dataset
 from ..data.stream import BatchStream
 from ..matrix import config_hash, identity_config
 from ..models import build_model
 from ..optim import svag
-from ..optim.divergences import RESEARCH_ONLY
 from . import records
 from .accounting import step_accounting
 from .actions import Actions, Checkpoint, Evaluate, FitPreconditioner, LogTrain, RefreshFactors
@@ -50,28 +50,6 @@ from .steps import build_update_chain, make_steps
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: the workflow's retry resubmits and the run resumes
 __all__ = ["PREEMPTED_EXIT_CODE", "Preempted", "run", "step_accounting", "build_update_chain", "CellPaths"]
-
-
-class FeatureNotAvailable(RuntimeError):
-    """The config asks for something this version of the runner does not implement."""
-
-
-def check_runnable(cfg: RunConfig) -> None:
-    """Fail before loading data when the config needs a part that is not built."""
-    if cfg.use_preconditioner and cfg.precond_on_update:
-        raise FeatureNotAvailable(
-            "precond_on_update=true (P applied after the main optimizer) is research-only in the reference, "
-            "whose signs look inconsistent there; it is not implemented"
-        )
-    if cfg.use_preconditioner and cfg.divergence in RESEARCH_ONLY:
-        raise FeatureNotAvailable(f"divergence={cfg.divergence} is research-only and not implemented")
-    if cfg.sam_mode is not None:
-        for key, default in (("sam_research_base_vector_source", "current_gradient"),
-                             ("sam_research_perturb_sign", "ascent")):
-            if getattr(cfg, key) != default:
-                raise FeatureNotAvailable(
-                    f"{key}={getattr(cfg, key)} is a research-only SAM ablation and not implemented "
-                    f"(only {key}={default} is)")
 
 
 class Preempted(RuntimeError):
