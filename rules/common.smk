@@ -5,10 +5,10 @@ import os
 from snakemake.exceptions import WorkflowError
 
 from llqr.config import ConfigError
-from llqr.jobparams import JobParams, config_flag, normalise_dir
-from llqr.matrix import preset_base
-from llqr.resources import DEFAULTS as RESOURCE_DEFAULTS, preset_resources as _preset_resources
-from llqr.validator import check_workflow
+from llqr.workflow.jobparams import JobParams, config_flag, normalise_dir
+from llqr.workflow.matrix import preset_base
+from llqr.workflow.resources import DEFAULTS as RESOURCE_DEFAULTS, preset_resources as _preset_resources
+from llqr.workflow.validator import check_workflow
 
 
 # The one validator (llqr/validator.py): the schema (its defaults filled in), every string that can

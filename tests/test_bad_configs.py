@@ -24,7 +24,7 @@ import yaml
 from conftest import REPO, run_snakemake
 
 from llqr.config import ConfigError
-from llqr.matrix import load_workflow_config
+from llqr.workflow.matrix import load_workflow_config
 
 DEMO = load_workflow_config(REPO / "config/config.yaml")
 OFF = {name: None for name in DEMO["surfaces"]}  # the demo's surfaces switched off: fast to expand
@@ -179,7 +179,7 @@ def test_the_valid_base_config_passes_both(tmp_path):
 
 
 def test_the_validator_imports_no_jax():
-    code = ("import sys; import llqr.validator, llqr.config.validate, llqr.config.keydoc, llqr.plan; "
+    code = ("import sys; import llqr.workflow.validator, llqr.config.validate, llqr.config.keydoc, llqr.workflow.plan; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax', 'optax'}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
                           check=False)
@@ -305,7 +305,7 @@ TARGETS = ["surface name", "preset", "axis name", "label", "dataset_dir", "resul
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_shell_metacharacters_are_refused_wherever_a_value_becomes_a_name_path_or_argument(target):
-    from llqr.validator import check_workflow
+    from llqr.workflow.validator import check_workflow
 
     for text in HOSTILE:
         with pytest.raises(ConfigError, match=target.split(".")[-1] if target != "label" else "label of axis"):
@@ -316,7 +316,7 @@ def test_shell_metacharacters_are_refused_wherever_a_value_becomes_a_name_path_o
                                           ("label", ".."), ("dataset_dir", "../../etc"),
                                           ("data_sources.mnist.file", "../../x.npz")])
 def test_dotdot_is_refused_wherever_a_value_becomes_a_path(target, value):
-    from llqr.validator import check_workflow
+    from llqr.workflow.validator import check_workflow
 
     cfg = _base()
     if target == "surface name":
@@ -339,7 +339,7 @@ def test_cell_ids_quote_hostile_values_into_one_safe_path_component():
     from snakemake.target_jobs import parse_target_jobs_cli_args
 
     from llqr.config.validate import SHELL_METACHARACTERS
-    from llqr.validator import check_workflow
+    from llqr.workflow.validator import check_workflow
 
     hostile = ["a;b", "$(id)", "`id`", "x|y", "q'\"", "n\nl", "../../etc", "/abs", "s p", "c,d"]
     cfg = _base()

@@ -14,7 +14,7 @@ from conftest import REPO
 from llqr.config import fields, presets
 from llqr.config.fields import FIELDS, RunConfig, derive, opt
 from llqr.config.keydoc import render_markdown, render_text
-from llqr.matrix import expand, load_workflow_config
+from llqr.workflow.matrix import expand, load_workflow_config
 
 CONFIGS = {"demo": ["config/config.yaml"], "paper": ["config/config.yaml", "config/paper.yaml"],
            "golden": ["tests/golden/cells.yaml"]}

@@ -2,13 +2,12 @@
 
 import json
 import os
-import zlib
 
 import numpy as np
 import pytest
 
 from conftest import REPO, run_snakemake, write_yaml
-from llqr.matrix import expand, load_workflow_config
+from llqr.workflow.matrix import expand, load_workflow_config
 
 DEFAULT_SURFACES = load_workflow_config(REPO / "config/config.yaml")["surfaces"]
 ONE = {
@@ -77,7 +76,7 @@ def test_aggregate_fails_with_the_list_unless_allow_missing_true(tmp_path):
 # --- A3: data outside the workflow fails the job instead of recording failed-data -----------
 def test_external_dataset_dir_data_error_fails_the_train_job(tmp_path):
     from llqr.config import resolve
-    from llqr.train.cell import train_from_workflow
+    from llqr.workflow.train_job import train_from_workflow
 
     missing = tmp_path / "elsewhere"
     config = resolve("digits-mlp", {"dataset_dir": str(missing)}).to_dict()
@@ -143,7 +142,7 @@ def test_surface_names_cannot_escape_the_surfaces_folder():
 
 @pytest.mark.parametrize("cid", ["../../etc/x/seed1", "/tmp/x/seed1", "_x/default/seed1", "a//seed1"])
 def test_cli_cell_id_cannot_escape_the_results_folder(cid, tmp_path, capsys):
-    from llqr.train.cli import main
+    from llqr.workflow.train_cli import main
 
     rc = main(["preset=digits-mlp", "--cell-id", cid, "--results-dir", str(tmp_path)])
     assert rc == 2 and "--cell-id" in capsys.readouterr().err and not any(tmp_path.iterdir())
@@ -154,7 +153,7 @@ def test_cli_cell_id_cannot_escape_the_results_folder(cid, tmp_path, capsys):
                                            ("surfacez: 1\n", "'surfacez' was unexpected"),
                                            ("resources: {presets: {nope-x: {gpu: 1}}}\n", "unknown preset 'nope-x'")])
 def test_plan_applies_the_schema_and_reports_one_line(tmp_path, capsys, text, expected):
-    from llqr.plan import main
+    from llqr.workflow.plan import main
 
     (tmp_path / "c.yaml").write_text(text)
     assert main(["--summary", "--configfile", str(tmp_path / "c.yaml")]) == 2
@@ -163,8 +162,8 @@ def test_plan_applies_the_schema_and_reports_one_line(tmp_path, capsys, text, ex
 
 
 def test_plan_accepts_allow_missing_true_as_passed_by_config(tmp_path):
-    from llqr.jobparams import config_flag
-    from llqr.plan import validate_schema
+    from llqr.workflow.jobparams import config_flag
+    from llqr.workflow.plan import validate_schema
 
     config = {**load_workflow_config(REPO / "config/config.yaml"), "allow_missing": "true"}
     validate_schema(config)

@@ -11,7 +11,7 @@ from conftest import REPO, run_snakemake, write_yaml
 from fixtures.iwslt import GOOD_PAIRS, HEADER_LINES, XML_SEGS, member_texts, write_archive
 from llqr.data import iwslt_prep as prep
 from llqr.data.errors import DataError
-from llqr.matrix import load_workflow_config
+from llqr.workflow.matrix import load_workflow_config
 
 KEPT_HEADERS = HEADER_LINES - 3  # <url>, <keywords>, <talkid> dropped
 FILTERED = HEADER_LINES - 3 + GOOD_PAIRS + 2 + 3 + 1  # + over-long, ratio, empty-side pairs

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO, run_snakemake, write_yaml
 from llqr.config import ConfigError
-from llqr.matrix import expand, load_workflow_config
+from llqr.workflow.matrix import expand, load_workflow_config
 
 # Per seed: llqr_cifar 8 presets x (baseline, ngd, newton); SAM surfaces per preset: LLQR-on
 # base_sam/base_fsam x 2 pairs (4) + LLQR-off base_sam/base_fsam (pairs inert: 2) + fisher_sam (1).

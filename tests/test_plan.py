@@ -9,9 +9,9 @@ import pytest
 
 from conftest import REPO
 from llqr.config import resolve
-from llqr.cost import StepTime, load_step_times, train_steps
-from llqr.matrix import load_workflow_config
-from llqr.plan import main, plan
+from llqr.workflow.cost import StepTime, load_step_times, train_steps
+from llqr.workflow.matrix import load_workflow_config
+from llqr.workflow.plan import main, plan
 
 
 @pytest.fixture(scope="module")

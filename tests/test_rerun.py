@@ -184,8 +184,8 @@ def test_no_intact_checkpoint_left_fails_naming_what_to_delete(tmp_path, digits_
 def test_bookkeeping_keys_stay_out_of_the_cell_id_and_params_but_reach_the_job():
     import pickle
 
-    from llqr.jobparams import JobParams
-    from llqr.matrix import expand
+    from llqr.workflow.jobparams import JobParams
+    from llqr.workflow.matrix import expand
 
     def cell(extra):
         spec = {"presets": ["digits-mlp-smoke"], "seeds": [1], "rules": [{"set": extra}] if extra else []}
@@ -200,7 +200,7 @@ def test_bookkeeping_keys_stay_out_of_the_cell_id_and_params_but_reach_the_job()
 
 
 def test_cli_keeps_the_bookkeeping_values_it_was_given_out_of_the_cell_id():
-    from llqr.train.cli import resolve_cell
+    from llqr.workflow.train_cli import resolve_cell
 
     cfg, cid = resolve_cell(["preset=digits-mlp-smoke", "checkpoint_freq=3"])
     assert cfg.checkpoint_freq == 3 and cid == resolve_cell(["preset=digits-mlp-smoke"])[1]

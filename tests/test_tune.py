@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llqr.config import ConfigError, build_config, load_preset
-from llqr.matrix import expand
+from llqr.workflow.matrix import expand
 from llqr.report.budget_stats import power_law_fit, slcd, slcd_matrix, smooth, upper_mean
 from llqr.tune.space import check_space
 from llqr.tune.study import run_study

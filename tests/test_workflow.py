@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import REPO, run_snakemake, write_yaml
-from llqr.matrix import expand, load_workflow_config
+from llqr.workflow.matrix import expand, load_workflow_config
 
 pytestmark = pytest.mark.workflow
 

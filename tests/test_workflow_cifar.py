@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, run_snakemake, write_yaml
 from fixtures.cifar import write_archive
-from llqr.matrix import load_workflow_config
+from llqr.workflow.matrix import load_workflow_config
 
 pytestmark = pytest.mark.workflow
 

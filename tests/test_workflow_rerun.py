@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from conftest import REPO, run_snakemake, write_yaml
-from llqr.matrix import load_workflow_config
+from llqr.workflow.matrix import load_workflow_config
 
 pytestmark = pytest.mark.workflow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 from llqr.data.errors import DataError  # noqa: E402
 from llqr.data.imagenet_pack import pack  # noqa: E402
-from llqr.joblog import job_log  # noqa: E402
+from llqr.workflow.joblog import job_log  # noqa: E402
 
 with job_log(snakemake.log[0]) as (log, _log_file):
     source = json.loads(Path(snakemake.input[0]).read_text())["root"]

@@ -3,9 +3,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from llqr.train.cell import train_from_workflow  # noqa: E402
+from llqr.workflow.train_job import train_from_workflow  # noqa: E402
 
-job = snakemake.params.job  # llqr.jobparams.JobParams, unpickled as a dict
+job = snakemake.params.job  # llqr.workflow.jobparams.JobParams, unpickled as a dict
 status = train_from_workflow(
     snakemake.params.config,
     snakemake.wildcards.cell,

@@ -11,6 +11,7 @@ __all__ = [
     "SAM_KEYS",
     "RunConfig",
     "ConfigError",
+    "check_path_name",
     "SCHEDULE_FAMILIES",
     "SCHEDULE_KEYS",
     "apply_overrides",

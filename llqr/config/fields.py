@@ -521,13 +521,13 @@ TABLES = derive(FIELDS)
 PRECOND_KEYS = TABLES.precond
 # Keys that only matter when a SAM mode is on; inert when sam_mode is null.
 SAM_KEYS = TABLES.sam
-# Keys accepted for the reference's configs that cannot change a run here (llqr.matrix.normalise
+# Keys accepted for the reference's configs that cannot change a run here (llqr.workflow.matrix.normalise
 # resets them, so they never split cells).
 INERT_KEYS = TABLES.inert
 # How a run is looked after, never what it computes (a resumed run is bit-exact): not part of a
 # cell's id, its rule params or its checkpoint key.
 BOOKKEEPING_KEYS = TABLES.bookkeeping
-# Keys read only by some models, datasets, optimizers or noise modes (see llqr.matrix.rule_params).
+# Keys read only by some models, datasets, optimizers or noise modes (see llqr.workflow.matrix.rule_params).
 MODEL_ONLY_KEYS = TABLES.owned["model"]
 DATASET_ONLY_KEYS = TABLES.owned["dataset"]
 OPTIMIZER_ONLY_KEYS = TABLES.owned["optimizer"]

@@ -363,20 +363,6 @@ def _mlp_params(cfg: dict) -> int | None:
     return sum((a + 1) * b for a, b in itertools.pairwise(widths))
 
 
-def _train_size(cfg: dict) -> int | None:
-    """Training examples the run sees (after train_fraction), where known without the data."""
-    from ..cost import TRAIN_SIZES
-
-    if cfg["dataset"] in MODULAR_DATASETS:
-        from ..data.modular import train_count
-
-        return train_count(cfg["modulus"])
-    if cfg["dataset"] not in TRAIN_SIZES:
-        return None
-    size = TRAIN_SIZES[cfg["dataset"]]
-    return max(1, round(cfg["train_fraction"] * size)) if cfg["train_fraction"] < 1.0 else size
-
-
 class _Keys:
     """A RunConfig read by key, like its dict (without copying every value)."""
 
@@ -395,8 +381,8 @@ def check_runnable(cfg, devices: int | None = None) -> None:
     """Everything the runner (and the model and data code it calls) would refuse at job time for a
     reason the config alone decides, as a ConfigError naming the key: research-only features, a
     model that does not suit the dataset, an exact preconditioner too large to materialise, a
-    chunked fit of a divergence that is not a sum over samples, a noisy-GD subset larger than the
-    train split. ``cfg``: a RunConfig or its dict, as the job gets it (after llqr.matrix.normalise
+    chunked fit of a divergence that is not a sum over samples (dataset sizes are checked by
+    llqr.workflow.job_checks, which knows them). ``cfg``: a RunConfig or its dict, as the job gets it (after llqr.workflow.matrix.normalise
     in the workflow). ``devices``: the job's GPUs where known (data_parallel must split its batches
     evenly over them). JAX-free; the runner calls it before loading any data."""
     cfg = cfg if isinstance(cfg, dict) else _Keys(cfg)
@@ -439,11 +425,6 @@ def check_runnable(cfg, devices: int | None = None) -> None:
                               f"models of at most {EXACT_MAX_PARAMS}; model={cfg['model']} has far more (use "
                               f"dense, e-kfac or diagonal)")
     _check_model(cfg)
-    if cfg["noise"] == "noisy_gd" and cfg["noisy_gd_examples"] is not None:
-        size = _train_size(cfg)
-        if size is not None and cfg["noisy_gd_examples"] > size:
-            raise ConfigError(f"noisy_gd_examples={cfg['noisy_gd_examples']} exceeds the {size} training examples "
-                              f"of {cfg['dataset']}")
     if cfg["data_parallel"] and devices and devices > 1:
         for key in ("batch_size", "precond_batch_size") if llqr else ("batch_size",):
             if cfg[key] % devices:

@@ -2,7 +2,7 @@
 
     python -m llqr.report --surface-json surface.json --results-dir results --out-dir /tmp/demo
 
-The surface JSON is what ``llqr.matrix.Surface.to_dict()`` returns.
+The surface JSON is what ``llqr.workflow.matrix.Surface.to_dict()`` returns.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ..atomic import write_text
-from ..matrix import canonical_json
+from ..config.hashing import canonical_json
 
 logging.getLogger("absl").setLevel(logging.WARNING)
 

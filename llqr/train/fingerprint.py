@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..data import NUMERIC_CACHE, TRANSLATION_ARCHIVE, dataset_dir
 from ..data.fetch import file_digest
-from ..matrix import canonical_json, config_hash
+from ..config.hashing import canonical_json, config_hash
 
 
 def path_digests(path: Path) -> dict[str, str]:

@@ -29,7 +29,7 @@ from ..config.fields import KRONECKER_OPTIMIZERS
 from ..config.validate import check_runnable
 from ..data import DataError, dataset_dir, load_dataset
 from ..data.stream import BatchStream
-from ..matrix import config_hash, identity_config
+from ..config.hashing import config_hash, identity_config
 from ..models import build_model
 from ..optim import svag
 from . import records

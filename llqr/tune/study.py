@@ -63,7 +63,7 @@ def _requeue_interrupted(study, out) -> None:
 
 
 def run_study(spec: dict, study_dir, *, checkpoints_dir, data_root, out=print, train=None) -> dict:
-    """Run the study ``spec`` (llqr.matrix.Study.to_dict()) to its trial budget; write and return best.json.
+    """Run the study ``spec`` (llqr.workflow.matrix.Study.to_dict()) to its trial budget; write and return best.json.
 
     ``train(cfg, cell_id, results_dir, checkpoints_dir, data_root)`` runs one trial (default: the
     training loop); it is a parameter so tests can interrupt a study at a chosen trial.

@@ -25,7 +25,7 @@ TUNED, RESUMED = "tuned", "resumed"  # labels run through the tune and preemptio
 
 def golden_cells() -> dict:
     """label -> matrix Cell, in the order of cells.yaml."""
-    from llqr.matrix import expand, load_workflow_config
+    from llqr.workflow.matrix import expand, load_workflow_config
 
     matrix = expand(load_workflow_config(CELLS_YAML))
     out = {}
@@ -71,7 +71,7 @@ def prepare_data(root: Path) -> Path:
 def run_cell(label: str, cell, root: Path, data_root: Path) -> dict:
     """Train ``cell`` under ``root`` as the workflow would and return its reduced outputs."""
     from llqr.config import build_config
-    from llqr.train.cell import train_from_workflow
+    from llqr.workflow.train_job import train_from_workflow
     from llqr.train.loop import run
 
     results, ckpts = root / "results", root / "checkpoints"

@@ -9,19 +9,19 @@ surfaces, and are trained once. Pure Python: no JAX, so the Snakefile parses fas
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from .config import FIELDS, SCHEDULE_FAMILIES, ConfigError
-from .config.fields import BOOKKEEPING_KEYS, INERT_KEYS, PARAMS_OWNERS, TABLES, omitted_at_default
-from .config.presets import apply_overrides, build_config, list_presets, load_preset
-from .config.validate import check_name, check_path_name, check_runnable, check_safe_text
+from ..config import FIELDS, SCHEDULE_FAMILIES, ConfigError
+from ..config.hashing import canonical_json, config_hash
+from ..config.fields import BOOKKEEPING_KEYS, INERT_KEYS, PARAMS_OWNERS, TABLES, omitted_at_default
+from ..config.presets import apply_overrides, build_config, list_presets, load_preset
+from ..config.validate import check_name, check_path_name, check_safe_text
+from .job_checks import check_job
 from .resources import check_resource_presets
-from .tune.space import check_space, corners
+from ..tune.space import check_space, corners
 
 # Short names used in cell ids (others appear in full).
 ALIASES = {
@@ -186,19 +186,6 @@ class Matrix:
 
     def group(self, name: str) -> list[str]:
         return [s for s, surf in self.surfaces.items() if surf.group == name]
-
-
-def canonical_json(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]
-
-
-def identity_config(config: dict) -> dict:
-    """``config`` without the bookkeeping keys: what a checkpoint key hashes."""
-    return {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
 
 
 # --- cell identity ---------------------------------------------------------------------------
@@ -495,7 +482,7 @@ def _resolve(base_values: dict, base: dict, overrides: dict, seed: int, preset: 
     full = build_config(merged).to_dict()
     config = normalise(full, base)
     build_config(config)
-    check_runnable(config)  # what the job gets: refuse now what it would refuse there
+    check_job(config)  # what the job gets: refuse now what it would refuse there
     return config, {key: full[key] for key in BOOKKEEPING_KEYS}
 
 
@@ -512,7 +499,7 @@ def _check_corners(config: dict, space: dict) -> None:
     assignments = [low, *rest] + [{**low, name: choice} for name, dist in space.items()
                                   for choice in dist.get("choices", [])[1:-1]]
     for assignment in assignments:
-        check_runnable(build_config(apply_overrides(config, assignment)))
+        check_job(build_config(apply_overrides(config, assignment)))
     if len(_CORNERS_OK) > 100_000:
         _CORNERS_OK.clear()
     _CORNERS_OK.add(key)
@@ -587,12 +574,12 @@ def expand(workflow_config: dict, presets_dir=None) -> Matrix:
     return Matrix(surfaces=surfaces, cells=cells, studies=studies)
 
 
-SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
 
 
 def validate_schema(config: dict) -> None:
     """The workflow config's JSON-schema check, as one ConfigError naming the offending key (the
-    first step of llqr.validator.check_workflow, which the Snakefile and llqr.plan run)."""
+    first step of llqr.workflow.validator.check_workflow, which the Snakefile and llqr.plan run)."""
     from .validator import check_schema
 
     check_schema(config)

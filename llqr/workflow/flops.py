@@ -23,7 +23,7 @@ def forward_flops(cfg) -> tuple[float, float]:
     import jax.numpy as jnp
 
     from .cost import TRANSLATION_PAIRS
-    from .models import build_model
+    from ..models import build_model
 
     if cfg.dataset in TRANSLATION_PAIRS:
         model = build_model(cfg, vocab=VOCABS[cfg.dataset])

@@ -13,7 +13,7 @@ DEFAULTS = {"mem_mb": 2000, "runtime": 30, "cpus_per_task": 1, "gpu": 0}
 
 def check_resource_presets(config: dict, known) -> None:
     """Every ``resources.presets`` entry names a preset (a typo would silently get the defaults)."""
-    from .config.validate import ConfigError, suggest
+    from ..config.validate import ConfigError, suggest
 
     for name in (config.get("resources") or {}).get("presets") or {}:
         if name not in known:

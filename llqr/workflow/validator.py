@@ -8,7 +8,7 @@ tests run on a workflow config, in this order, each problem one ConfigError nami
 2. every string that can reach a file name or a command line: the storage folders, the data
    sources' file names and local copies, the cluster account and partition and the per-preset SLURM
    resources (``slurm_extra`` is pasted into ``sbatch``'s shell command unquoted);
-3. every surface expanded into cells (llqr.matrix.expand): surface, axis, label and preset names,
+3. every surface expanded into cells (llqr.workflow.matrix.expand): surface, axis, label and preset names,
    run-config keys, values and cross-key rules (llqr.config.presets.build_config), and what the
    runner would refuse at job time (llqr.config.validate.check_runnable) for each cell's config
    exactly as its job will get it, tuning-study corners included;
@@ -22,8 +22,9 @@ loads no jax, flax or optax), so the Snakefile parses fast.
 
 from __future__ import annotations
 
-from .config import ConfigError, build_config
-from .config.validate import check_data_path, check_name, check_runnable, check_safe_text
+from ..config import ConfigError, build_config
+from ..config.validate import check_data_path, check_name, check_safe_text
+from .job_checks import check_job
 from .matrix import SCHEMA, Matrix, expand
 from .resources import preset_resources, resource
 
@@ -47,7 +48,7 @@ def check_run_config(values: dict):
     """One run's config (preset values + overrides, or a cell's params) as a RunConfig, refused
     with a ConfigError if invalid or if the runner would refuse it."""
     cfg = build_config(values)
-    check_runnable(cfg)
+    check_job(cfg)
     return cfg
 
 
@@ -123,7 +124,7 @@ def check_jobs(config: dict, matrix: Matrix) -> None:
         if cell.preset not in gpus:
             gpus[cell.preset] = int(resource(preset_resources(config, cell.preset), "gpu") or 0)
         try:
-            check_runnable(cell.config, devices=gpus[cell.preset])
+            check_job(cell.config, devices=gpus[cell.preset])
         except ConfigError as exc:
             raise ConfigError(f"cell {cell.id} (resources.presets.{cell.preset}.gpu={gpus[cell.preset]}): "
                               f"{exc}") from None

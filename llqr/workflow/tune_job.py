@@ -7,7 +7,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from ..joblog import job_log
+from .joblog import job_log
 
 
 def tune_from_workflow(spec_json: str, best_path, *, checkpoints_dir, data_root, log_path) -> int:
@@ -15,7 +15,7 @@ def tune_from_workflow(spec_json: str, best_path, *, checkpoints_dir, data_root,
     with job_log(log_path) as (out, log):
         try:
             from ..train.compile_cache import enable_compilation_cache
-            from .study import run_study
+            from ..tune.study import run_study
 
             enable_compilation_cache(Path(checkpoints_dir) / ".jax_cache")
 

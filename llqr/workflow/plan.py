@@ -21,13 +21,13 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError
+from ..config import ConfigError
 from .cost import STEP_TIMES, StepTime, cell_cost, load_step_times
 from .matrix import load_workflow_config, validate_schema  # noqa: F401 (the schema check, as before)
 from .resources import preset_resources, resource
 from .validator import check_workflow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GROUPS = ("demo", "demo_extra", "paper", "studies")
 
 
@@ -62,7 +62,7 @@ def select(matrix, targets) -> list[str]:
 
 def plan(config: dict, targets, step_times: dict) -> dict:
     """Rows per cell and per study, surface subtotals and the total (shared cells counted once);
-    the config is checked first by the workflow's validator (llqr.validator.check_workflow)."""
+    the config is checked first by the workflow's validator (llqr.workflow.validator.check_workflow)."""
     matrix = check_workflow(config)
     names = select(matrix, targets)
     rows, surfaces, studies = {}, [], {}
@@ -204,7 +204,7 @@ def calibrate(args) -> int:
 
 def estimate(args) -> int:
     """FLOP-based step times for the matrix's presets that have no measured entry."""
-    from .config import build_config
+    from ..config import build_config
     from .matrix import preset_base
     from .flops import estimate_seconds
 

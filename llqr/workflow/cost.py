@@ -19,7 +19,7 @@ TRAIN_SIZES = {"digits": 1438, "mnist": 60000, "cifar10": 50000, "cifar100": 500
 # tokens (IWSLT14 de-en after cleaning; the synthetic demo corpus), so that batches per epoch
 # ~= pairs * length / max_tokens.
 TRANSLATION_PAIRS = {"iwslt14_de_en": (160239, 28.0), "synth_de_en": (3000, 12.0)}
-STEP_TIMES = Path(__file__).resolve().parents[1] / "config" / "step_times.yaml"
+STEP_TIMES = Path(__file__).resolve().parents[2] / "config" / "step_times.yaml"
 
 
 def batches_per_epoch(config: dict) -> float:
@@ -29,7 +29,7 @@ def batches_per_epoch(config: dict) -> float:
         pairs, length = TRANSLATION_PAIRS[dataset]
         return max(1.0, pairs * length / (config.get("max_tokens") or 4096))
     if dataset == "mod_sum":  # its size follows the modulus: the training share of the p² pairs
-        from .data.modular import train_count
+        from ..data.modular import train_count
 
         size = train_count(config.get("modulus") or 97)
     else:
@@ -39,7 +39,7 @@ def batches_per_epoch(config: dict) -> float:
 
 def train_steps(config: dict) -> int:
     """Parameter updates of a run, as the runner counts them (llqr.train.accounting)."""
-    from .train.accounting import updates_per_run
+    from ..train.accounting import updates_per_run
 
     svag_l = config.get("svag_l") or 1 if config.get("noise") == "svag" else 1
     return updates_per_run(batches_per_epoch(config), config["total_epochs"], config.get("grad_acc_steps") or 1,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..config import build_config
 from ..data.errors import DataError
-from ..joblog import job_log
+from .joblog import job_log
 
 
 def train_from_workflow(config_json: str, cell_id: str, *, results_dir, checkpoints_dir, data_root, log_path,
@@ -19,14 +19,14 @@ def train_from_workflow(config_json: str, cell_id: str, *, results_dir, checkpoi
     cell's bookkeeping keys (checkpoint_freq, ...), which are not in its config params."""
     with job_log(log_path) as (out, log):
         try:
-            from .compile_cache import enable_compilation_cache
-            from .loop import PREEMPTED_EXIT_CODE, Preempted, run
+            from ..train.compile_cache import enable_compilation_cache
+            from ..train.loop import PREEMPTED_EXIT_CODE, Preempted, run
 
             enable_compilation_cache(Path(checkpoints_dir) / ".jax_cache")
 
             config = {**json.loads(config_json), **(settings or {})}
             if tuned:
-                from ..tune.workflow import apply_best
+                from .tune_job import apply_best
 
                 config = apply_best(config, tuned)
                 out(f"[{cell_id}] tuned by {tuned}")

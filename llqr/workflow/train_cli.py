@@ -11,8 +11,8 @@ import shlex
 import sys
 
 from ..config import ConfigError, check_path_name, parse_overrides, resolve
-from ..matrix import cell_id as make_cell_id
-from ..matrix import BOOKKEEPING_KEYS, normalise, preset_base
+from .matrix import cell_id as make_cell_id
+from .matrix import BOOKKEEPING_KEYS, normalise, preset_base
 from ..models import ModelNotAvailable
 
 EPILOG = """examples:
@@ -49,9 +49,9 @@ def parse_args(argv):
 
 def resolve_cell(items: list[str]):
     """(RunConfig, cell id) from CLI items, normalised as the workflow does and checked by the
-    workflow's validator (llqr.validator.check_run_config): a config the runner would refuse is a
+    workflow's validator (llqr.workflow.validator.check_run_config): a config the runner would refuse is a
     ConfigError here."""
-    from ..validator import check_run_config
+    from .validator import check_run_config
 
     overrides = parse_overrides(items)
     preset = overrides.pop("preset", None)
@@ -93,9 +93,9 @@ def main(argv=None) -> int:
         print(json.dumps({"cell": args.cell_id or cid, "config": cfg.to_dict()}, indent=2))
         return 0
     from ..optim.structures import StructureTooLarge
-    from .checkpoint import NoIntactCheckpoint
-    from .lock import CellLocked
-    from .loop import Preempted, PREEMPTED_EXIT_CODE, run
+    from ..train.checkpoint import NoIntactCheckpoint
+    from ..train.lock import CellLocked
+    from ..train.loop import Preempted, PREEMPTED_EXIT_CODE, run
 
     command = shlex.join(["python", "-m", "llqr.train", *argv])
     try:

@@ -1,0 +1,1 @@
+"""``python -m llqr.plan``: the entry point of llqr.workflow.plan (the dry-run preview and cost)."""

@@ -1,0 +1,5 @@
+import sys
+
+from llqr.workflow.plan import main
+
+sys.exit(main())
