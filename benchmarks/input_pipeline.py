@@ -35,6 +35,10 @@ from llqr.models import build_model  # noqa: E402
 from llqr.optim.losses import smoothed_cross_entropy  # noqa: E402
 
 
+def _quiet(*_args, **_kwargs):
+    """A ``log`` that drops the progress lines."""
+
+
 def _loader_rate(data, batch: int, batches: int) -> float:
     stream = BatchStream(data.train_size, batch, seed=0)
     data.attach_stream(stream)
@@ -113,8 +117,8 @@ def main(argv=None) -> int:
                      "model_img_s": resnet18_rate})
 
         source = _imagenet_folders(tmp / "imagenet_src")
-        imagenet.pack(source, tmp / "imagenet" / "shards", log=lambda *a, **k: None)
-        with imagenet.load(tmp / "imagenet", seed=0, workers=args.workers, stage=False, log=lambda *a, **k: None) as inet:
+        imagenet.pack(source, tmp / "imagenet" / "shards", log=_quiet)
+        with imagenet.load(tmp / "imagenet", seed=0, workers=args.workers, stage=False, log=_quiet) as inet:
             inet_rate = _loader_rate(inet, 32, 5)
             workers = getattr(inet, "workers", args.workers)
         resnet50_rate = _model_rate("resnet50", 1000, (224, 224, 3), 32, max(1, args.model_steps - 1))
@@ -125,7 +129,8 @@ def main(argv=None) -> int:
     print(f"backend {jax.default_backend()}, {os.cpu_count()} CPUs")
     print(f"{'pipeline':38} {'loader img/s':>12} {'model':>14} {'model img/s':>11} {'ratio':>7}")
     for r in rows:
-        print(f"{r['pipeline']:38} {r['loader_img_s']:12.1f} {r['model']:>14} {r['model_img_s']:11.1f} {r['ratio']:7.2f}")
+        print(f"{r['pipeline']:38} {r['loader_img_s']:12.1f} {r['model']:>14} {r['model_img_s']:11.1f} "
+              f"{r['ratio']:7.2f}")
     ok = all(r["ratio"] >= 1.0 for r in rows)
     print(f"goal: loader >= model consumption: {'MET' if ok else 'NOT MET'}")
     if args.json:

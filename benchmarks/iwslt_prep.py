@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from llqr.data import iwslt_prep as prep  # noqa: E402
+from llqr.data import iwslt_prep as prep
 
 REAL_PAIRS = 160_239 + 7_283  # cleaned train pairs before the valid split
 REAL_TEST = 6_750
@@ -101,7 +101,8 @@ def bench_prep(pairs: int, merges: int) -> dict:
         half_dir = tmp / "half"
         for lang in prep.LANGS:
             prep.write_lines(half_dir / f"train.{lang}", prep.read_lines(clean_dir / f"train.{lang}")[: kept // 2])
-        _, s_half = timed(prep.learn_codes, {lang: half_dir / f"train.{lang}" for lang in prep.LANGS}, tmp / "c2", merges)
+        half = {lang: half_dir / f"train.{lang}" for lang in prep.LANGS}
+        _, s_half = timed(prep.learn_codes, half, tmp / "c2", merges)
         _, s_learn = timed(prep.learn_codes, {lang: clean_dir / f"train.{lang}" for lang in prep.LANGS}, code, merges)
         rows["bpe_learn_half"] = {"seconds": s_half, "pairs_per_s": (kept // 2) / s_half}
         rows["bpe_learn"] = {"seconds": s_learn, "pairs_per_s": kept / s_learn}

@@ -26,6 +26,7 @@ Synthetic data. ``python benchmarks/llqr_overhead.py [--rounds 15] [--json PATH]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -35,16 +36,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-from llqr.config import build_config  # noqa: E402
-from llqr.models.mlp import MLP  # noqa: E402
-from llqr.optim import get_blocks, make_llqr_fit, scale_by_llqr  # noqa: E402
-from llqr.optim.losses import smoothed_cross_entropy  # noqa: E402
+from llqr.config import build_config
+from llqr.models.mlp import MLP
+from llqr.optim import get_blocks, make_llqr_fit, scale_by_llqr
+from llqr.optim.losses import smoothed_cross_entropy
 
 
 class SmallCNN(nn.Module):
@@ -158,7 +159,7 @@ def measure(name, structure, rounds, round_s, batch=128, fit_batch=64):
         fit_args = (blocks, params, {}, x[:fit_batch], y[:fit_batch], 1e-3, 0.9)
         compiled = fit.lower(*fit_args).compile()
         memory = compiled.memory_analysis()
-        t_fit = _median_time(lambda: compiled(*fit_args), *FIT_CALLS[name])
+        t_fit = _median_time(functools.partial(compiled, *fit_args), *FIT_CALLS[name])
         row = {"model": name, "structure": structure, "divergence": divergence, "plain_ms": 1e3 * t_plain,
                "precond_ms": 1e3 * t_llqr, "apply_ratio": t_llqr / t_plain, "apply_flop_ratio": flop_ratio,
                "fit_ms": 1e3 * t_fit,

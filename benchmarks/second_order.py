@@ -42,18 +42,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from benchmarks.llqr_overhead import SmallCNN  # noqa: E402
-from llqr.config import build_config  # noqa: E402
-from llqr.config.fields import KRONECKER_OPTIMIZERS  # noqa: E402
-from llqr.models.mlp import MLP  # noqa: E402
-from llqr.optim import get_blocks, set_blocks  # noqa: E402
-from llqr.train.batches import Batch  # noqa: E402
-from llqr.train.state import TrainState  # noqa: E402
-from llqr.train.steps import build_update_chain, make_steps  # noqa: E402
+from benchmarks.llqr_overhead import SmallCNN
+from llqr.config import build_config
+from llqr.config.fields import KRONECKER_OPTIMIZERS
+from llqr.models.mlp import MLP
+from llqr.optim import get_blocks, set_blocks
+from llqr.train.batches import Batch
+from llqr.train.state import TrainState
+from llqr.train.steps import build_update_chain, make_steps
 
 MODELS = {
     "mlp": ("MLP 784-100-300-10", lambda: MLP(hidden=(100, 300), num_classes=10)),
@@ -216,7 +216,8 @@ def main(argv=None) -> int:
     for r in rows:
         periodic = f"{r['periodic_ms']:11.1f}" if r["periodic_ms"] is not None else f"{'-':>11}"
         print(f"| {r['variant']:11} | {r['amortized_ms']:8.3f} | {r['ms_ratio_vs_sgd']:6.2f} | "
-              f"{r['state_bytes']:11d} | {r['bytes_ratio_vs_sgd']:6.2f} | {r['step_ms']:8.3f} | {periodic} | {str(r['finite']):6} |")
+              f"{r['state_bytes']:11d} | {r['bytes_ratio_vs_sgd']:6.2f} | {r['step_ms']:8.3f} | {periodic} | "
+              f"{str(r['finite']):6} |")
     if args.json:
         args.json.write_text(json.dumps({
             "rows": rows, "model": args.model, "model_desc": MODELS[args.model][0], "precision": args.precision,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_snakemake
 
+from conftest import REPO, run_snakemake
 from llqr.config import ConfigError
 from llqr.workflow.matrix import load_workflow_config
 

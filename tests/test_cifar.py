@@ -5,12 +5,12 @@ import hashlib
 import numpy as np
 import pytest
 
+from fixtures.cifar import write_archive
 from llqr.config import build_config
 from llqr.data import DataError, load_dataset
 from llqr.data.augment import batch_rng, cifar_train_augment, cutout, random_crop, random_flip
 from llqr.data.cifar import SPECS, normalize
 from llqr.data.fetch import fetch
-from fixtures.cifar import write_archive
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])

@@ -67,11 +67,14 @@ BAD = [
     ({"optimizer": "adamw2"}, r"key 'optimizer'.*allowed values.*sgd, polyak, adam, adamw"),
     ({"sam_mode": "sam"}, r"key 'sam_mode'.*allowed values are null, base_sam"),
     ({"lr_scheduler": "cosine_anealing"}, r"key 'lr_scheduler.name'.*did you mean 'cosine_annealing'"),
-    ({"lr_scheduler": {"name": "hyperbolic", "upper_bound": 10}, "total_epochs": 20}, r"upper_bound=10 must be >= total_epochs=20"),
-    ({"lr_scheduler": {"name": "exp_hyperbolic", "eta_min": 0.5}, "learning_rate": 0.1}, r"eta_min=0.5 must be below learning_rate=0.1"),
+    ({"lr_scheduler": {"name": "hyperbolic", "upper_bound": 10}, "total_epochs": 20},
+     r"upper_bound=10 must be >= total_epochs=20"),
+    ({"lr_scheduler": {"name": "exp_hyperbolic", "eta_min": 0.5}, "learning_rate": 0.1},
+     r"eta_min=0.5 must be below learning_rate=0.1"),
     ({"lr_scheduler": {"name": "exponential", "gamma": 1.5}}, r"gamma.*must be in \(0, 1\]"),
     ({"train_fraction": 0.5, "dataset": "imagenet"}, r"train_fraction=0.5 subsets in-memory datasets only"),
-    ({"lr_scheduler": {"name": "cosine_annealing", "tmax": 3}}, r"unknown key 'lr_scheduler.tmax'.*did you mean 't_max'"),
+    ({"lr_scheduler": {"name": "cosine_annealing", "tmax": 3}},
+     r"unknown key 'lr_scheduler.tmax'.*did you mean 't_max'"),
     ({"lr_scheduler": {"name": "warmup_piecewise_decay", "boundaries": [70, 30]}}, r"boundaries.*must be increasing"),
     ({"total_epochs": float("nan")}, r"key 'total_epochs'.*must be finite"),
     ({"adam_betas": [0.9]}, r"key 'adam_betas'.*two values"),
@@ -81,9 +84,12 @@ BAD = [
     ({"sam_mode": "asam", "perturb_mode": "ema_precond_grad", "use_preconditioner": True},
      r"sam_mode=asam requires perturb_mode=ema_grad"),
     ({"llqr_batch_update_mode": "chunked_lqr_segment"}, r"needs llqr_batch_update_chunk_size"),
-    ({"model": "transformer_iwslt"}, r"model transformer_iwslt needs a translation dataset \(iwslt14_de_en, synth_de_en; got digits\)"),
-    ({"model": "transformer_iwslt", "dataset": "synth_de_en"}, r"dataset synth_de_en is batched by tokens: set max_tokens"),
-    ({"model": "transformer_iwslt", "dataset": "synth_de_en", "max_tokens": 64, "grad_acc_steps": 2}, "grad_acc_steps must be 1"),
+    ({"model": "transformer_iwslt"},
+     r"model transformer_iwslt needs a translation dataset \(iwslt14_de_en, synth_de_en; got digits\)"),
+    ({"model": "transformer_iwslt", "dataset": "synth_de_en"},
+     r"dataset synth_de_en is batched by tokens: set max_tokens"),
+    ({"model": "transformer_iwslt", "dataset": "synth_de_en", "max_tokens": 64, "grad_acc_steps": 2},
+     "grad_acc_steps must be 1"),
     ({"embed_dim": 10, "attention_heads": 4}, "attention_heads=4 must divide embed_dim=10"),
 ]
 
@@ -112,4 +118,5 @@ def test_override_without_equals_sign():
 
 def test_every_field_documents_its_kind():
     for name, f in FIELDS.items():
-        assert f.metadata["kind"] in {"int", "float", "bool", "str", "list[int]", "list[float]", "list[str]", "schedule"}, name
+        kinds = {"int", "float", "bool", "str", "list[int]", "list[float]", "list[str]", "schedule"}
+        assert f.metadata["kind"] in kinds, name

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
+from conftest import REPO
 from llqr.config import fields, presets
 from llqr.config.fields import FIELDS, RunConfig, derive, opt
 from llqr.config.keydoc import render_markdown, render_text

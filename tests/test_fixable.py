@@ -110,7 +110,8 @@ def test_fetch_checksum_error_names_the_source_and_destination_not_a_temp_file(t
     with pytest.raises(DataError) as info:
         fetch("https://example.invalid/a.tar.gz", dest, {"sha256": "0" * 64}, local=str(local))
     message = str(info.value)
-    assert str(local) in message and str(dest) in message and ".tmp" not in message and "tmp" not in message.replace(str(tmp_path), "")
+    assert str(local) in message and str(dest) in message
+    assert ".tmp" not in message and "tmp" not in message.replace(str(tmp_path), "")
 
 
 # --- B1: resources.presets entries must name presets ------------------------------------------
@@ -118,7 +119,8 @@ def test_resources_for_an_unknown_preset_is_an_error_with_a_suggestion():
     from llqr.config import ConfigError
 
     config = {**load_workflow_config(REPO / "config/config.yaml"), "resources": {"presets": {"digits-mpl": {"gpu": 1}}}}
-    with pytest.raises(ConfigError, match=r"resources.presets: unknown preset 'digits-mpl' \(did you mean 'digits-mlp'\?\)"):
+    match = r"resources.presets: unknown preset 'digits-mpl' \(did you mean 'digits-mlp'\?\)"
+    with pytest.raises(ConfigError, match=match):
         expand(config)
 
 

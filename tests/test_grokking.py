@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from conftest import run_snakemake
+from fixtures.models import shapes
 from llqr.config import ConfigError, build_config, resolve
 from llqr.data import load_dataset, modular
 from llqr.models import build_model
 from llqr.models.grok_transformer import Block
 from llqr.optim.structures import num_params
 from llqr.train.loop import run
-from fixtures.models import shapes
 
 
 def reference_count(p: int, dim: int = 128, depth: int = 2, heads: int = 4, head_dim: int = 32, mlp: int = 512) -> int:

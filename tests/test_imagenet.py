@@ -9,9 +9,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from fixtures.imagenet import CLASSES, make_images, write_archives, write_folders
 
 from conftest import REPO, run_snakemake
+from fixtures.imagenet import CLASSES, make_images, write_archives, write_folders
 from llqr.data import imagenet
 from llqr.data.augment import batch_rng
 from llqr.data.errors import DataError

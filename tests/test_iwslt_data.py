@@ -13,8 +13,19 @@ import pytest
 from llqr.data import iwslt
 from llqr.data.errors import DataError
 from llqr.data.iwslt_batches import TokenBatchStream, collate
-from llqr.data.iwslt_cache import (BOS, EOS, PAD, SPECIALS, UNK, build_cache, build_cache_from_archive,
-                                   build_dictionary, cache_files, decode, load_cache)
+from llqr.data.iwslt_cache import (
+    BOS,
+    EOS,
+    PAD,
+    SPECIALS,
+    UNK,
+    build_cache,
+    build_cache_from_archive,
+    build_dictionary,
+    cache_files,
+    decode,
+    load_cache,
+)
 from llqr.data.iwslt_prep import LANGS, PACK_DIR, SPLITS
 
 SIZES = {"train": 60, "valid": 5, "test": 4}

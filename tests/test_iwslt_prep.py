@@ -102,7 +102,8 @@ def test_clean_drops_long_ratio_and_empty_pairs_and_lowercases(prepared):
 def test_clean_normalizes_whitespace_and_pipes(tmp_path):
     (tmp_path / "a.de").write_text("  Ein |  Test \nzwei\n")
     (tmp_path / "a.en").write_text("A test\ntwo\n")
-    prep.clean_pair({"de": tmp_path / "a.de", "en": tmp_path / "a.en"}, {"de": tmp_path / "b.de", "en": tmp_path / "b.en"})
+    prep.clean_pair({"de": tmp_path / "a.de", "en": tmp_path / "a.en"},
+                    {"de": tmp_path / "b.de", "en": tmp_path / "b.en"})
     assert lines(tmp_path / "b.de") == ["ein test", "zwei"]
 
 
@@ -183,7 +184,8 @@ def test_mismatched_line_counts(tmp_path):
 
 
 # --- the rule chain ----------------------------------------------------------------------
-IWSLT_RULES = ("iwslt_extract", "iwslt_tokenize", "iwslt_clean", "iwslt_split", "iwslt_bpe", "iwslt_pack", "iwslt_cache")
+IWSLT_RULES = ("iwslt_extract", "iwslt_tokenize", "iwslt_clean", "iwslt_split", "iwslt_bpe", "iwslt_pack",
+               "iwslt_cache")
 
 
 def _config(tmp_path, archive):

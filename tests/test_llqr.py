@@ -8,8 +8,16 @@ import numpy as np
 import optax
 import pytest
 
-from llqr.optim import FAMILIES, apply_blocks, fit_blocks, init_blocks, lqr_cost, make_problem, precond_cost_and_grad
-from llqr.optim import scale_by_llqr
+from llqr.optim import (
+    FAMILIES,
+    apply_blocks,
+    fit_blocks,
+    init_blocks,
+    lqr_cost,
+    make_problem,
+    precond_cost_and_grad,
+    scale_by_llqr,
+)
 from llqr.optim.exact import curvature_matrix, preconditioned_gradient
 from llqr.optim.lqr import blend
 
@@ -166,10 +174,11 @@ def test_zero_lr_and_full_ema_leave_p_unchanged_and_nan_never_escapes():
     problem = make_problem(f, params, x, y, divergence="ngd")
     start = init_blocks("diagonal", params)
     fitted, _ = fit_blocks(problem, "diagonal", start, steps=5, lr=0.0)
-    assert all(jnp.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(fitted), jax.tree_util.tree_leaves(start)))
+    leaves = jax.tree_util.tree_leaves
+    assert all(jnp.array_equal(a, b) for a, b in zip(leaves(fitted), leaves(start)))
     moved, _ = fit_blocks(problem, "diagonal", start, steps=5, lr=1.0)
     kept = blend(start, moved, 1.0)
-    assert all(jnp.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(kept), jax.tree_util.tree_leaves(start)))
+    assert all(jnp.array_equal(a, b) for a, b in zip(leaves(kept), leaves(start)))
     bad = problem._replace(curvature=lambda v: jax.tree_util.tree_map(lambda t: t * jnp.nan, v))
     out, _ = fit_blocks(bad, "diagonal", start, steps=3, lr=1.0)
     assert all(bool(jnp.all(jnp.isfinite(b))) for b in jax.tree_util.tree_leaves(out))
@@ -241,7 +250,8 @@ def test_attention_embedding_and_norm_leaves_get_their_matrix_views_and_fit():
     model = TinyTransformer()
     tokens = jax.random.randint(jax.random.PRNGKey(1), (6, 5), 0, 7)
     y = jax.random.randint(jax.random.PRNGKey(2), (6,), 0, 3)
-    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(0), tokens)["params"])
+    init = model.init(jax.random.PRNGKey(0), tokens)["params"]
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), init)
     f = lambda p, xc: model.apply({"params": p}, xc)  # noqa: E731
     blocks = init_blocks("e-kfac", params)
     attn = blocks["MultiHeadDotProductAttention_0"]

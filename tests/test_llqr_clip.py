@@ -16,7 +16,6 @@ import pytest
 from llqr.optim import apply_blocks, fit_blocks, init_blocks, make_problem
 from llqr.optim.exact import curvature_matrix
 from llqr.optim.structures import clip_groups, layer_labels
-
 from test_llqr import TanhMLP, _enable_x64, _setup
 
 
@@ -141,7 +140,8 @@ def test_transformer_parameters_fall_into_the_reference_layers():
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), (src, src))["params"])
     labels = jax.tree_util.tree_leaves(layer_labels(params, controlled_layer))
     names = set(labels)
-    # embeddings; per encoder layer: attention, its norm, fc1, fc2 + norm; per decoder layer: also cross-attention + norm
+    # embeddings; per encoder layer: attention, its norm, fc1, fc2 + norm;
+    # per decoder layer: also cross-attention + norm
     assert len(names) == 1 + 2 * 4 + 1 * 6, sorted(names)
     assert {"embed", "encoder_0/self_attn", "encoder_0/self_attn_ln", "encoder_0/fc1", "encoder_0/fc2_ln",
             "decoder_0/cross_attn", "decoder_0/cross_attn_ln"} <= names

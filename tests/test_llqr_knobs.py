@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from llqr.config import resolve
-from llqr.workflow.matrix import expand
 from llqr.optim import block_skews
 from llqr.train.loop import run
 from llqr.train.optimizers import apply_updates, normalize_conv_kernels
+from llqr.workflow.matrix import expand
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,7 @@ def _batch(route: str) -> int:
     return PAPER_BATCH if route == "paper_chunked_128" else BATCH
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _problem(batch: int):
     """float64 numpy parameters (kernels ~ N(0, 1/fan_in), BN scale/bias away from (1, 0)), running
     BN statistics away from (0, 1) (so no BN is the identity), a perturbed warm start per structure,

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fixtures.models import host_variables, shapes
 from llqr.config import ConfigError, build_config
 from llqr.models import build_model
 from llqr.models.pyramidnet import PyramidNet, unit_widths
@@ -23,9 +24,8 @@ from llqr.models.resnet50 import ResNet50
 from llqr.models.stages import layer_tags
 from llqr.models.vgg import VGG16BN
 from llqr.models.wide_resnet import WideResNet
-from llqr.optim.structures import num_params as n_params
 from llqr.optim.losses import smoothed_cross_entropy
-from fixtures.models import host_variables, shapes
+from llqr.optim.structures import num_params as n_params
 
 CIFAR = (32, 32, 3)
 
@@ -48,7 +48,7 @@ COUNTS = [
 COUNTS_INPUT = {name: shape for name, _e, _k, shape, _n in COUNTS}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def configured(name: str, extra: tuple, classes: int):
     """(model built from a config, its variable shapes), shared by the count and layout tests."""
     model = build_model(build_config({"model": name, **dict(extra)}), num_classes=classes)

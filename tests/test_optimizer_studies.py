@@ -7,8 +7,8 @@ import json
 import pytest
 
 from llqr.config import ConfigError, resolve
-from llqr.workflow.matrix import Cell
 from llqr.train.loop import run
+from llqr.workflow.matrix import Cell
 
 
 @pytest.mark.parametrize("overrides", [
@@ -23,7 +23,8 @@ def test_kronecker_optimizers_train_through_the_runner(tmp_path, digits_root, ov
     assert summary["status"] == "ok", summary
     final = summary["final_metrics"]
     assert final["test_accuracy"] > 50.0 and final["opt_state_bytes"] > 0 and final["ms_per_step"] > 0
-    events = [json.loads(x) for x in (tmp_path / "r" / "cells" / "k/x/seed42" / "metrics.jsonl").read_text().splitlines()]
+    metrics = tmp_path / "r" / "cells" / "k/x/seed42" / "metrics.jsonl"
+    events = [json.loads(x) for x in metrics.read_text().splitlines()]
     losses = [e["train_loss"] for e in events if e["event"] == "train"]
     assert losses[-1] < losses[0]
 
@@ -40,7 +41,8 @@ def test_bf16_halves_the_optimizer_state(tmp_path, digits_root):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"optimizer": "singd", "use_preconditioner": True}, "is itself a Kronecker preconditioner: set use_preconditioner=false"),
+    ({"optimizer": "singd", "use_preconditioner": True},
+     "is itself a Kronecker preconditioner: set use_preconditioner=false"),
     ({"optimizer": "kfac", "use_preconditioner": False, "sam_mode": "base_sam"}, "runs without sam_mode"),
 ])
 def test_kronecker_optimizer_config_errors(overrides, message):

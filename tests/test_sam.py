@@ -50,7 +50,8 @@ def _tree(w):
 
 
 def _flat3(tree):
-    return np.concatenate([np.asarray(tree["layer_a"]["kernel"]), np.asarray(tree["layer_b"]["bias"])]).astype(np.float64)
+    parts = [np.asarray(tree["layer_a"]["kernel"]), np.asarray(tree["layer_b"]["bias"])]
+    return np.concatenate(parts).astype(np.float64)
 
 
 def _batches(n_steps, seed=0):

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from llqr.models.stages import Builder, Flatten, Relu, StageNet
-from llqr.optim import singd as S
-from llqr.optim import singd_structures as SS
+from llqr.optim import singd as S, singd_structures as SS
 from llqr.optim.capture import capture, conv_patches, kronecker_factors
 
 

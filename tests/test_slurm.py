@@ -26,7 +26,8 @@ from test_workflow import DEFAULT_SURFACES
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
-# Flags for a cluster without slurmdbd (no sacct) and without accounts: see docs/cluster.md, "Clusters without slurmdbd".
+# Flags for a cluster without slurmdbd (no sacct) and without accounts: see docs/cluster.md,
+# "Clusters without slurmdbd".
 NO_DB_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks",
                "2", "--slurm-keep-successful-logs"]
 

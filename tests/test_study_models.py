@@ -17,15 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fixtures.models import host_variables, shapes
 from llqr.models.mlp import MLP
 from llqr.models.preresnet import PreResNet, controlled_tags, fixed_head, fixed_linear, group_count
 from llqr.models.study_cnn import SimpleCNN
 from llqr.models.study_mlp import ScaleInvariantMLP
 from llqr.models.study_vgg import StudyVGG
 from llqr.models.study_vit import SimpleViT, posemb_sincos_2d
-from llqr.optim.structures import num_params
 from llqr.optim.losses import smoothed_cross_entropy
-from fixtures.models import host_variables, shapes
+from llqr.optim.structures import num_params
 
 CIFAR = (32, 32, 3)
 
@@ -107,7 +107,7 @@ def test_layout(model, groups, stats, modules):
         assert module in modules, (key, module)
         if module != "Conv_0" and module != "Dense_0":
             assert set(group[module]) == {"scale", "bias"}
-    for key, group in variables.get("batch_stats", {}).items():
+    for _key, group in variables.get("batch_stats", {}).items():
         assert set(group["BatchNorm_0"]) == {"mean", "var"}
     tags = list(controlled_tags(model).values())
     assert len(set(tags)) == len(tags)
@@ -343,7 +343,7 @@ def test_hyperbolic_study_parameter_counts(model, expected):
 def test_hyperbolic_study_default_counts_and_output_shapes():
     assert simple_cnn_count() == 1_116_970 and simple_vit_count() == 1_793_866
     for model in (SimpleCNN(), SimpleViT()):  # traced only: nothing heavy is computed
-        out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), shapes(model, CIFAR, batch=2),
+        out = jax.eval_shape(partial(model.apply, train=False), shapes(model, CIFAR, batch=2),
                              jax.ShapeDtypeStruct((2, *CIFAR), jnp.float32))
         assert out.shape == (2, 10) and out.dtype == jnp.float32
 

@@ -310,7 +310,7 @@ def test_tree_and_streaming_forms_agree(gaussian):
     acc = svag.noise_accumulator_init(jax.tree_util.tree_map(lambda a: a[0], tree))
     update = jax.jit(svag.noise_accumulator_update)
     for i in range(6):
-        acc = update(acc, jax.tree_util.tree_map(lambda a: a[i], tree))
+        acc = update(acc, jax.tree_util.tree_map(lambda a, i=i: a[i], tree))
     streamed = svag.noise_accumulator_finalize(acc, 3)
     full = {"a": mu[:2], "b": {"c": mu[2:].reshape(3, 1)}}
     with_full = svag.tree_noise_statistics(tree, full, 3)

@@ -82,9 +82,10 @@ def test_a_model_that_copies_its_input_scores_bleu_100(data_root):
     BPE removal and detokenization: BLEU 100 on the whole valid split."""
     from llqr.data import iwslt
 
-    data = iwslt.load(data_root / "synth_de_en" / "iwslt14.tokenized.de-en.tar.gz", data_root / "synth_de_en" / "numeric")
+    corpus = data_root / "synth_de_en"
+    data = iwslt.load(corpus / "iwslt14.tokenized.de-en.tar.gz", corpus / "numeric")
     hyps, refs = [], []
-    for (src, _prev), tgt, ids in data.eval_batches("valid", 8):
+    for (_src, _prev), tgt, ids in data.eval_batches("valid", 8):
         rows, width = tgt.shape
         max_len = max_decode_len(width, 1.2, 10, 1024)
         target = np.full((rows, max_len + 1), EOS, np.int32)
@@ -99,7 +100,7 @@ def test_a_model_that_copies_its_input_scores_bleu_100(data_root):
             logits = jnp.where(jnp.arange(vocab) == want, 10.0, jnp.where(jnp.arange(vocab) == EOS, -30.0, 0.0))
             return jax.nn.log_softmax(logits, axis=-1), state
 
-        tokens, _ = jax.jit(lambda: _beam_core(step, (), rows, beam_size=beam, max_len=max_len))()
+        tokens, _ = jax.jit(functools.partial(_beam_core, step, (), rows, beam_size=beam, max_len=max_len))()
         tokens = np.asarray(tokens)
         hyps += [data.decode(tokens[i]) for i in range(len(ids))]
         refs += data.references("valid", ids)

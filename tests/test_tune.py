@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from llqr.config import ConfigError, build_config, load_preset
-from llqr.workflow.matrix import expand
 from llqr.report.budget_stats import power_law_fit, slcd, slcd_matrix, smooth, upper_mean
 from llqr.tune.space import check_space
 from llqr.tune.study import run_study
+from llqr.workflow.matrix import expand
 
 SPACE = {"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}, "lr_scheduler.upper_bound": {"choices": [25, 30]}}
 

@@ -10,13 +10,13 @@ import jax
 import numpy as np
 import pytest
 
+from fixtures.cifar import write_archive
+from fixtures.models import shapes
 from llqr.config import build_config, resolve
 from llqr.models import build_model, resnet18, vit
 from llqr.optim.structures import num_params
 from llqr.train.loop import run
 from llqr.train.optimizers import decay_mask
-from fixtures.cifar import write_archive
-from fixtures.models import shapes
 
 CIFAR = (32, 32, 3)
 

@@ -72,7 +72,8 @@ def tiny_run(tmp_path_factory):
     work = root / "work"
     work.mkdir()
     proc = run_snakemake(["--cores", "2", "--configfile", str(config)], work, env=env)
-    return {"root": root, "work": work, "env": env, "config": config, "presets": presets, "log": proc.stdout + proc.stderr}
+    return {"root": root, "work": work, "env": env, "config": config, "presets": presets,
+            "log": proc.stdout + proc.stderr}
 
 
 def test_outputs_and_tables(tiny_run):

@@ -8,11 +8,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (snakemake is injected)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from llqr.report import OUTPUTS, completeness_error, failed_cells, render_surface  # noqa: E402
+from llqr.report import OUTPUTS, completeness_error, failed_cells, render_surface
 
-params, out = snakemake.params, snakemake.output  # noqa: F821
+params, out = snakemake.params, snakemake.output
 surface = json.loads(params.surface)
 failed = failed_cells(surface, params.results_dir)
 if failed and not params.allow_missing:

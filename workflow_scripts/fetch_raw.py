@@ -3,8 +3,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from llqr.data.errors import DataError  # noqa: E402
-from llqr.data.fetch import fetch  # noqa: E402
+from llqr.data.errors import DataError
+from llqr.data.fetch import fetch
 
 src = snakemake.params.source
 try:

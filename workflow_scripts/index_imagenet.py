@@ -3,9 +3,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from llqr.data.errors import DataError  # noqa: E402
-from llqr.data.imagenet_index import index  # noqa: E402
-from llqr.train.records import write_json_atomic  # noqa: E402
+from llqr.data.errors import DataError
+from llqr.data.imagenet_index import index
+from llqr.train.records import write_json_atomic
 
 try:
     write_json_atomic(Path(snakemake.output[0]), index(snakemake.params.source))

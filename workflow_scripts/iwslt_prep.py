@@ -51,4 +51,4 @@ def main(sm):
 
 
 if __name__ == "__main__":
-    main(snakemake)  # noqa: F821 (injected by Snakemake)
+    main(snakemake)

@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from llqr.data.errors import DataError  # noqa: E402
-from llqr.data.imagenet_pack import pack  # noqa: E402
-from llqr.workflow.joblog import job_log  # noqa: E402
+from llqr.data.errors import DataError
+from llqr.data.imagenet_pack import pack
+from llqr.workflow.joblog import job_log
 
 with job_log(snakemake.log[0]) as (log, _log_file):
     source = json.loads(Path(snakemake.input[0]).read_text())["root"]

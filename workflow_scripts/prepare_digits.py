@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from llqr.data import digits  # noqa: E402
+from llqr.data import digits
 
 counts = digits.prepare(Path(snakemake.output[0]))
 Path(snakemake.log[0]).write_text(json.dumps(counts) + "\n")

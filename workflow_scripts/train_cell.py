@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from llqr.workflow.train_job import train_from_workflow  # noqa: E402
+from llqr.workflow.train_job import train_from_workflow
 
 job = snakemake.params.job  # llqr.workflow.jobparams.JobParams, unpickled as a dict
 status = train_from_workflow(

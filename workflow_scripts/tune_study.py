@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
-from llqr.workflow.tune_job import tune_from_workflow  # noqa: E402
+from llqr.workflow.tune_job import tune_from_workflow
 
 job = snakemake.params.job  # llqr.workflow.jobparams.JobParams, unpickled as a dict
 sys.exit(tune_from_workflow(snakemake.params.spec, snakemake.output.best,

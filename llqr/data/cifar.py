@@ -54,7 +54,8 @@ def parse_records(buf: bytes, spec: CifarSpec, where: str) -> tuple[np.ndarray, 
     rows = np.frombuffer(buf, np.uint8).reshape(-1, record)
     labels = rows[:, spec.label_offset].astype(np.int32)
     if labels.max() >= spec.classes:
-        raise DataError(f"{where}: label {labels.max()} outside 0..{spec.classes - 1}; is this the right CIFAR variant?")
+        raise DataError(
+            f"{where}: label {labels.max()} outside 0..{spec.classes - 1}; is this the right CIFAR variant?")
     images = rows[:, spec.label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
 

@@ -24,7 +24,8 @@ def verify(path: Path, checksums: dict, label=None) -> None:
     for algorithm in ("sha256", "md5"):
         expected = checksums.get(algorithm)
         if expected and file_digest(path, algorithm) != expected.lower():
-            raise DataError(f"{label or path}: {algorithm} mismatch (expected {expected}); the file is corrupt or not the official one")
+            raise DataError(f"{label or path}: {algorithm} mismatch (expected {expected}); "
+                            "the file is corrupt or not the official one")
 
 
 def fetch(url: str, dest: Path, checksums: dict | None = None, local: str | None = None, timeout: float = 60) -> Path:
@@ -39,7 +40,8 @@ def fetch(url: str, dest: Path, checksums: dict | None = None, local: str | None
     def write(tmp: Path) -> None:
         if local:
             if not Path(local).is_file():
-                raise DataError(f"configured local copy {local} does not exist (wanted for {dest}); fix 'local' in the config")
+                raise DataError(f"configured local copy {local} does not exist (wanted for {dest}); "
+                                "fix 'local' in the config")
             try:
                 shutil.copyfile(local, tmp)
             except OSError as exc:

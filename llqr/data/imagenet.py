@@ -24,8 +24,8 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.util
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -33,8 +33,7 @@ from .augment import batch_rng
 from .imagenet_decode import IMAGE_SHAPE, eval_params, train_params
 from .imagenet_pack import pack  # noqa: F401  (re-exported: llqr.data.imagenet.pack)
 from .imagenet_pool import Job, Pool, Slots, default_workers
-from .imagenet_shards import check, load_index, read_manifest, resolve_dir
-from .imagenet_shards import stage as stage_shards
+from .imagenet_shards import check, load_index, read_manifest, resolve_dir, stage as stage_shards
 
 stage = stage_shards  # llqr.data.imagenet.stage(shard_dir, scratch=None)
 DEFAULT_PREFETCH = 3

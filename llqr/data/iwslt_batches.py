@@ -9,7 +9,7 @@ the same batches; and every epoch has the same number of batches, so step accoun
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

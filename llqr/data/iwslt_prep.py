@@ -23,9 +23,9 @@ import json
 import multiprocessing
 import re
 import tarfile
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..atomic import write_atomic, write_text
 from .errors import DataError
@@ -233,7 +233,8 @@ def learn_codes(train: dict, code_path, num_symbols: int = 10000, min_frequency:
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as out:
-            learn_bpe(io.StringIO("".join(line + "\n" for line in joint)), out, num_symbols, min_frequency=min_frequency)
+            text = io.StringIO("".join(line + "\n" for line in joint))
+            learn_bpe(text, out, num_symbols, min_frequency=min_frequency)
 
     write_atomic(code_path, write)
 

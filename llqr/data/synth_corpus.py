@@ -53,13 +53,15 @@ VERBS = [("sieht", "sehen", "sees", "see"), ("mag", "mögen", "likes", "like"), 
          ("kennt", "kennen", "knows", "know"), ("sucht", "suchen", "looks for", "look for"),
          ("trägt", "tragen", "carries", "carry")]
 # German 3sg, German 3pl, English 3sg, English plural
-MODALS = [("kann", "können", "can", "can"), ("muss", "müssen", "must", "must"), ("will", "wollen", "wants to", "want to")]
+MODALS = [("kann", "können", "can", "can"), ("muss", "müssen", "must", "must"),
+          ("will", "wollen", "wants to", "want to")]
 # German, English, English position: "front" (Today the dog ...) or "mid" (The dog often ...)
 ADVERBS = [("heute", "today", "front"), ("morgen", "tomorrow", "front"), ("oft", "often", "mid"),
            ("manchmal", "sometimes", "front"), ("jetzt", "now", "front"), ("immer", "always", "mid")]
 FRAMES = [("ich glaube", "i think"), ("wir wissen", "we know"), ("sie sagt", "she says"), ("er hofft", "he hopes")]
 
-_DEF = {"nom": {"m": "der", "f": "die", "n": "das", "pl": "die"}, "acc": {"m": "den", "f": "die", "n": "das", "pl": "die"}}
+_DEF = {"nom": {"m": "der", "f": "die", "n": "das", "pl": "die"},
+        "acc": {"m": "den", "f": "die", "n": "das", "pl": "die"}}
 _INDEF = {"nom": {"m": "ein", "f": "eine", "n": "ein"}, "acc": {"m": "einen", "f": "eine", "n": "ein"}}
 # adjective endings after the definite / indefinite article
 _WEAK = {"nom": {"m": "e", "f": "e", "n": "e", "pl": "en"}, "acc": {"m": "en", "f": "e", "n": "e", "pl": "en"}}
@@ -148,7 +150,8 @@ def _surface(text: str) -> str:
 
 def _talk_header(talk: int, lang: str) -> list[str]:
     title = {"de": f"Sprecherin {talk}: Ein Vortrag über Tiere", "en": f"Speaker {talk}: A talk about animals"}[lang]
-    desc = {"de": "Kurze Sätze über Hunde, Katzen und Bücher.", "en": "Short sentences about dogs, cats and books."}[lang]
+    desc = {"de": "Kurze Sätze über Hunde, Katzen und Bücher.",
+            "en": "Short sentences about dogs, cats and books."}[lang]
     return [f"<url>http://example.org/talks/synthetic_{talk}.html</url>", "<keywords>synthetic, demo</keywords>",
             f"<speaker>Speaker {talk}</speaker>", f"<talkid>{talk}</talkid>", f"<title>{title}</title>",
             f"<description>{desc}</description>"]
@@ -163,7 +166,8 @@ def _xml(name: str, lang: str, segments: list[str]) -> str:
     return "\n".join(lines + ["</doc>", "</srcset>", "</mteval>"]) + "\n"
 
 
-def corpus_files(*, pairs: int = DEFAULT_TRAIN_PAIRS, segs: int = DEFAULT_SEGS_PER_XML, seed: int = 0) -> dict[str, str]:
+def corpus_files(*, pairs: int = DEFAULT_TRAIN_PAIRS, segs: int = DEFAULT_SEGS_PER_XML,
+                 seed: int = 0) -> dict[str, str]:
     """Member name (inside ``de-en/``) -> file text."""
     rng = random.Random(seed)
     train = {lang: [] for lang in LANGS}

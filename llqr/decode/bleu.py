@@ -8,8 +8,8 @@ SacreBLEU results instead of with fairseq's tokenized BLEU.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 BPE_JOINT = "@@ "
 

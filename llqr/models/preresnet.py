@@ -46,8 +46,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .stages import (Add, AvgPool, BatchNorm, Builder, ChannelPad, Conv, Dense, GlobalAvgPool, LogSoftmax, Relu,
-                     Stage, StageNet)
+from .stages import (
+    Add,
+    AvgPool,
+    BatchNorm,
+    Builder,
+    ChannelPad,
+    Conv,
+    Dense,
+    GlobalAvgPool,
+    LogSoftmax,
+    Relu,
+    Stage,
+    StageNet,
+)
 
 BN_MOMENTUM = 0.9
 EPSILON = 1e-5

@@ -10,7 +10,8 @@ input; the count does not depend on the input size). ``width`` and ``blocks`` sh
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

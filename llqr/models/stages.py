@@ -22,7 +22,8 @@ Every stage is called as ``stage(state, train)``; BatchNorm uses batch statistic
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -15,7 +15,7 @@ Parameters for K = 10 and a 32x32x3 input:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

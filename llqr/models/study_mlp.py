@@ -13,7 +13,7 @@ The plain MLP with configurable widths is ``llqr.models.mlp.MLP`` (re-exported h
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -131,7 +131,8 @@ class DecoderLayer(nn.Module):
 
     def _rest(self, x, cross_k, cross_v, cross_valid, train: bool):
         det = not train
-        x = self.cross_attn_ln(x + self.drop(self.cross_attn.attend(x, cross_k, cross_v, cross_valid), deterministic=det))
+        cross = self.cross_attn.attend(x, cross_k, cross_v, cross_valid)
+        x = self.cross_attn_ln(x + self.drop(cross, deterministic=det))
         return self.ffn_ln(x + self.drop(self.ffn(x), deterministic=det))
 
     def __call__(self, x, memory, self_valid, cross_valid, train: bool):

@@ -2,8 +2,8 @@
 
 from . import sam
 from .fit import make_llqr_fit
-from .singd import refresh as refresh_kronecker
 from .lqr import Problem, fit_blocks, lqr_cost, make_problem, precond_cost_and_grad
+from .singd import refresh as refresh_kronecker
 from .structures import FAMILIES, apply_blocks, block_skews, block_stats, init_blocks
 from .transform import LLQRState, get_blocks, precondition, scale_by_llqr, set_blocks
 

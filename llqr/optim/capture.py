@@ -27,7 +27,8 @@ true ones to get the Monte-Carlo Fisher rather than the empirical one.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -10,8 +10,8 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 
-from .losses import smoothed_cross_entropy
 from .divergences import terminal_cost
+from .losses import smoothed_cross_entropy
 from .lqr import curvature_objective
 
 

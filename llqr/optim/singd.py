@@ -38,7 +38,8 @@ points do not depend on the doubling. The structures are in ``llqr.optim.singd_s
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -232,7 +233,7 @@ class ScaleBySINGDState:
     layers: dict  # {"path/to/kernel": SINGDLayer}
     spec: SINGDSpec = struct.field(pytree_node=False)
 
-    def refresh(self, layer_paths: dict, factors) -> "ScaleBySINGDState":
+    def refresh(self, layer_paths: dict, factors) -> ScaleBySINGDState:
         out = dict(self.layers)
         for k, (A, G) in _layer_factors(layer_paths, factors).items():
             s = self.spec
@@ -295,7 +296,7 @@ class ScaleByKFACState:
     ema_decay: float = struct.field(pytree_node=False)
     eps: float = struct.field(pytree_node=False)  # the damping added to each factor before inversion
 
-    def refresh(self, layer_paths: dict, factors) -> "ScaleByKFACState":
+    def refresh(self, layer_paths: dict, factors) -> ScaleByKFACState:
         new = _layer_factors(layer_paths, factors)
         if not new:
             return self

@@ -12,8 +12,9 @@ with learning rate η/l for l times as many steps (schedule milestones times l a
 gradient is unbiased and, when the halves are independent draws of B examples (with
 replacement), its noise covariance is (c1² + c2²)·Σ/B = l·Σ/B, Σ the per-example gradient
 covariance. (Halves of one without-replacement draw of 2B out of N examples are anticorrelated:
-l·V + (l−1)·Σ_N/(N−1), V = Σ_N/B·(N−B)/(N−1), Σ_N as below.) At l = 1, c1 = 1.0 and c2 = 0.0 exactly and the step is SGD on γ1: ``svag_loss``
-then evaluates only γ1, so it is bit-identical to plain SGD on that half.
+l·V + (l−1)·Σ_N/(N−1), V = Σ_N/B·(N−B)/(N−1), Σ_N as below.) At l = 1, c1 = 1.0 and c2 = 0.0 exactly and
+the step is SGD on γ1: ``svag_loss`` then evaluates only γ1, so it is bit-identical to plain SGD on that
+half.
 
 **``sde2``.** One batch of B; its loss is multiplied by (1 + √(l−1)·r), r = ±1 a Rademacher sign
 drawn once per step. The gradient stays unbiased, but the noise covariance becomes
@@ -49,7 +50,7 @@ documents the estimator.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -57,7 +57,8 @@ def render_budget(surface: dict, entries: pd.DataFrame, table: pd.DataFrame, exc
     header = [*keys, "a", "b", "R²", "budgets"]
     note = (f"Power law {surface['metric']} ≈ a·N^b over the epoch budgets N ({surface['budget_axis']}), "
             "least squares in log-log space; R² in log space.")
-    md = to_markdown(grid, surface, excluded) + "\n## Power-law fit\n\n" + simple_markdown(header, _fit_rows(fits, keys))
+    md = (to_markdown(grid, surface, excluded) + "\n## Power-law fit\n\n"
+          + simple_markdown(header, _fit_rows(fits, keys)))
     md += "\n" + note + "\n"
     tex = to_latex(grid, surface, excluded) + "\n" + simple_latex(
         [h.replace("²", "^2") for h in header], _fit_rows(fits, keys), note)

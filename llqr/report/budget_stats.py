@@ -32,7 +32,8 @@ def power_law_fit(budgets, values) -> dict:
     b, log_a = np.polyfit(x, y, 1)
     residual = y - (log_a + b * x)
     total = float(np.sum((y - y.mean()) ** 2))
-    out.update(a=float(np.exp(log_a)), b=float(b), r2=1.0 - float(np.sum(residual**2)) / total if total > 0 else math.nan)
+    r2 = 1.0 - float(np.sum(residual**2)) / total if total > 0 else math.nan
+    out.update(a=float(np.exp(log_a)), b=float(b), r2=r2)
     return out
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..config.hashing import canonical_json, config_hash
 from ..data import NUMERIC_CACHE, TRANSLATION_ARCHIVE, dataset_dir
 from ..data.fetch import file_digest
-from ..config.hashing import canonical_json, config_hash
 
 
 def path_digests(path: Path) -> dict[str, str]:

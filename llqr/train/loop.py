@@ -17,19 +17,20 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import optax
 
 from ..config import RunConfig
 from ..config.fields import KRONECKER_OPTIMIZERS
+from ..config.hashing import config_hash, identity_config
 from ..config.validate import check_runnable
 from ..data import DataError, dataset_dir, load_dataset
 from ..data.stream import BatchStream
-from ..config.hashing import config_hash, identity_config
 from ..models import build_model
 from ..optim import svag
 from . import records

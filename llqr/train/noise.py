@@ -57,7 +57,8 @@ class NoiseProbe:
         full = None
         for j, idx in enumerate(chunks):
             x, y = self.data.train_batch(idx, -1 - j)
-            g = jax.tree_util.tree_map(lambda a, n=len(idx): a * n, self._grad(params, bs, x, y))
+            n = len(idx)
+            g = jax.tree_util.tree_map(lambda a, n=n: a * n, self._grad(params, bs, x, y))
             full = g if full is None else jax.tree_util.tree_map(jnp.add, full, g)
         full = jax.tree_util.tree_map(lambda a: a / len(self.subset), full)
         stats = svag.tree_noise_statistics(stacked, full, batch_size=b, full_grad_batch_size=len(self.subset))

@@ -17,7 +17,7 @@ class CellPaths:
     key: str = ""  # the attempt: config + input fingerprint (fingerprint.attempt_key)
 
     @classmethod
-    def for_cell(cls, cell_id: str, results_dir, checkpoints_dir) -> "CellPaths":
+    def for_cell(cls, cell_id: str, results_dir, checkpoints_dir) -> CellPaths:
         return cls(Path(results_dir) / "cells" / cell_id, Path(checkpoints_dir) / cell_id)
 
     @property

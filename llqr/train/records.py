@@ -48,5 +48,6 @@ def accelerator() -> dict:
 
 
 def host_info() -> dict:
-    slurm = {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION") if k in os.environ}
+    keys = ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION")
+    slurm = {k: os.environ[k] for k in keys if k in os.environ}
     return {"host": socket.gethostname(), "slurm": slurm or None}

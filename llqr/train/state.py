@@ -30,7 +30,7 @@ class TrainState:
         return tree if self.sam is None else {**tree, "sam": self.sam}
 
     @classmethod
-    def from_tree(cls, tree: dict) -> "TrainState":
+    def from_tree(cls, tree: dict) -> TrainState:
         return cls(**tree)
 
 

@@ -11,7 +11,8 @@ before ``jax.jit``, so the traced arguments are only the state and the batch.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -48,7 +48,8 @@ class TranslationEval:
         return {"params": state.params}
 
     def due(self, step: int, total_steps: int) -> bool:
-        return periodic(step, self.cfg.test_eval_freq, total_steps) or bleu_kind(self.cfg, step, total_steps) is not None
+        return (periodic(step, self.cfg.test_eval_freq, total_steps)
+                or bleu_kind(self.cfg, step, total_steps) is not None)
 
     def evaluate(self, state, step: int, total_steps: int) -> dict:
         variables, metrics = self._variables(state), {}

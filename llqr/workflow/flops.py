@@ -22,8 +22,8 @@ def forward_flops(cfg) -> tuple[float, float]:
     import jax
     import jax.numpy as jnp
 
-    from .cost import TRANSLATION_PAIRS
     from ..models import build_model
+    from .cost import TRANSLATION_PAIRS
 
     if cfg.dataset in TRANSLATION_PAIRS:
         model = build_model(cfg, vocab=VOCABS[cfg.dataset])

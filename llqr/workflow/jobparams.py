@@ -45,7 +45,7 @@ class JobParams:
     settings: tuple = ()  # (key, value) pairs of the cell's bookkeeping keys (matrix.BOOKKEEPING_KEYS)
 
     @classmethod
-    def of(cls, results_dir, checkpoints_dir, data_dir, settings=None) -> "JobParams":
+    def of(cls, results_dir, checkpoints_dir, data_dir, settings=None) -> JobParams:
         return cls(normalise_dir(results_dir), normalise_dir(checkpoints_dir), normalise_dir(data_dir),
                    tuple(sorted((settings or {}).items())))
 

@@ -117,7 +117,8 @@ def render(result: dict, summary: bool) -> str:
     out = []
     cells = result["cells"]
     if not summary:
-        header = f"  {'cell':<74} {'gpu':>3} {'cpu':>3} {'mem_mb':>7} {'limit_h':>7} {'steps':>10} {'h/run':>7} {'GPU-h':>8}"
+        header = (f"  {'cell':<74} {'gpu':>3} {'cpu':>3} {'mem_mb':>7} {'limit_h':>7} {'steps':>10} {'h/run':>7} "
+                  f"{'GPU-h':>8}")
     for s in result["surfaces"]:
         out.append(f"{s['surface']} ({s['group']}): {s['cells']} cells, {s['steps']:,} steps, "
                    f"{_h(s['gpu_hours'])} GPU-h" + (f", {s['unpriced']} without a step time" if s["unpriced"] else ""))
@@ -205,8 +206,8 @@ def calibrate(args) -> int:
 def estimate(args) -> int:
     """FLOP-based step times for the matrix's presets that have no measured entry."""
     from ..config import build_config
-    from .matrix import preset_base
     from .flops import estimate_seconds
+    from .matrix import preset_base
 
     config = _config(args.configfile)
     matrix = check_workflow(config)
@@ -256,7 +257,8 @@ def _main(argv=None) -> int:
         return estimate(p.parse_args(argv[1:]))
     p = argparse.ArgumentParser(prog="python -m llqr.plan", parents=[common], description=__doc__.splitlines()[0],
                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("targets", nargs="*", help="groups (demo, demo_extra, paper, studies), surfaces, or all; default: demo")
+    p.add_argument("targets", nargs="*",
+                   help="groups (demo, demo_extra, paper, studies), surfaces, or all; default: demo")
     p.add_argument("--summary", action="store_true", help="one line per surface, no cell rows")
     p.add_argument("--json", default=None, help="also write the whole plan as JSON")
     return preview(p.parse_args(argv))

@@ -11,9 +11,8 @@ import shlex
 import sys
 
 from ..config import ConfigError, check_path_name, parse_overrides, resolve
-from .matrix import cell_id as make_cell_id
-from .matrix import BOOKKEEPING_KEYS, normalise, preset_base
 from ..models import ModelNotAvailable
+from .matrix import BOOKKEEPING_KEYS, cell_id as make_cell_id, normalise, preset_base
 
 EPILOG = """examples:
   python -m llqr.train preset=digits-mlp
@@ -21,8 +20,8 @@ EPILOG = """examples:
   python -m llqr.train preset=digits-mlp lr_scheduler.t_max=12 --print-config
   python -m llqr.train --list-keys            every key: type, default, allowed values, when read, doc
 exit status: 0 ok or diverged (see summary.json), 2 bad config, 3 data error, 4 unavailable feature,
-5 no intact checkpoint (the message names the folder to delete), 6 another run holds the cell's lock, 75 preempted (checkpoint saved; run again
-to resume)."""
+5 no intact checkpoint (the message names the folder to delete), 6 another run holds the cell's lock,
+75 preempted (checkpoint saved; run again to resume)."""
 
 
 def parse_args(argv):
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
     from ..optim.structures import StructureTooLarge
     from ..train.checkpoint import NoIntactCheckpoint
     from ..train.lock import CellLocked
-    from ..train.loop import Preempted, PREEMPTED_EXIT_CODE, run
+    from ..train.loop import PREEMPTED_EXIT_CODE, Preempted, run
 
     command = shlex.join(["python", "-m", "llqr.train", *argv])
     try:

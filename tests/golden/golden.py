@@ -71,8 +71,8 @@ def prepare_data(root: Path) -> Path:
 def run_cell(label: str, cell, root: Path, data_root: Path) -> dict:
     """Train ``cell`` under ``root`` as the workflow would and return its reduced outputs."""
     from llqr.config import build_config
-    from llqr.workflow.train_job import train_from_workflow
     from llqr.train.loop import run
+    from llqr.workflow.train_job import train_from_workflow
 
     results, ckpts = root / "results", root / "checkpoints"
     if label == TUNED:  # the train rule's entry point, with a study's best.json on top
