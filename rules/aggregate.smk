@@ -24,14 +24,15 @@ rule aggregate:
         ),
         pdf=f"{RESULTS}/surfaces/{{surface}}/figure.pdf",
         seeds=f"{RESULTS}/surfaces/{{surface}}/seeds.json",
-    params:
-        surface=lambda wc: json.dumps(MATRIX.surfaces[wc.surface].to_dict(), sort_keys=True),
-        results_dir=RESULTS,
-        allow_missing=ALLOW_MISSING,
     log:
         "logs/aggregate/{surface}.log",
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        surface=lambda wc: json.dumps(MATRIX.surfaces[wc.surface].to_dict(), sort_keys=True),
+        # the folder above surfaces/, from the output path (the linter's advice: no hardcoded prefix)
+        results_dir=lambda wc, output: os.path.normpath(os.path.join(os.path.dirname(output.csv), os.pardir, os.pardir)),
+        allow_missing=ALLOW_MISSING,
     script:
         "../workflow_scripts/aggregate_surface.py"

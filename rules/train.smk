@@ -14,14 +14,14 @@ rule train:
         summary=f"{RESULTS}/cells/{{cell}}/summary.json",
         metrics=f"{RESULTS}/cells/{{cell}}/metrics.jsonl",
         record=f"{RESULTS}/cells/{{cell}}/record.json",
+    log:
+        "logs/train/{cell}.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **TRAIN_RESOURCES,
     params:
         config=lambda wc: cell_of(wc).config_json,
         job=lambda wc: JobParams.of(RESULTS, CHECKPOINTS, DATA, cell_of(wc).settings),
-    log:
-        "logs/train/{cell}.log",
-    resources:
-        **TRAIN_RESOURCES,
-    conda:
-        CONDA_ENV
     script:
         "../workflow_scripts/train_cell.py"

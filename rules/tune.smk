@@ -9,14 +9,14 @@ rule tune:
         study_inputs,
     output:
         best=f"{RESULTS}/tuning/{{study}}/best.json",
+    log:
+        "logs/tune/{study}.log",
+    conda:
+        CONDA_ENV
+    resources:
+        **TUNE_RESOURCES,
     params:
         spec=lambda wc: study_of(wc).spec_json,
         job=JobParams.of(RESULTS, CHECKPOINTS, DATA),  # not a rerun trigger (llqr/jobparams.py)
-    log:
-        "logs/tune/{study}.log",
-    resources:
-        **TUNE_RESOURCES,
-    conda:
-        CONDA_ENV
     script:
         "../workflow_scripts/tune_study.py"
