@@ -186,15 +186,6 @@ def test_the_validator_imports_no_jax():
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
-def test_the_validators_constants_are_the_runners():
-    from llqr.config import fields, validate
-    from llqr.optim import divergences, lqr, structures
-
-    assert fields.RESEARCH_DIVERGENCES == divergences.RESEARCH_ONLY
-    assert fields.SEPARABLE_DIVERGENCES == lqr.SEPARABLE
-    assert validate.EXACT_MAX_PARAMS == structures.EXACT_MAX_PARAMS
-
-
 @pytest.mark.parametrize("values", [{"model": "mlp", "mlp_hidden": [32]}, {"model": "mlp", "dataset": "cifar100"},
                                     {"model": "si_mlp", "mlp_hidden": [16, 8]}, {"model": "mlp", "mlp_hidden": []}])
 def test_the_parameter_count_of_the_exact_check_is_the_models(values):
@@ -203,7 +194,7 @@ def test_the_parameter_count_of_the_exact_check_is_the_models(values):
     import numpy as np
 
     from llqr.config import build_config
-    from llqr.config.validate import _CLASSES, _mlp_params
+    from llqr.config.runnable import _CLASSES, _mlp_params
     from llqr.models import build_model
 
     cfg = build_config(values)
@@ -219,7 +210,7 @@ def test_models_refused_on_small_images_do_fail_there_and_the_others_build():
     import jax.numpy as jnp
 
     from llqr.config import build_config
-    from llqr.config.validate import LARGE_IMAGE_MODELS
+    from llqr.config.runnable import LARGE_IMAGE_MODELS
     from llqr.models import build_model
 
     def init(model_name):
@@ -244,7 +235,7 @@ def test_the_training_cli_uses_the_validator(tmp_path):
 
 def test_check_runnable_names_the_key_for_what_the_runner_refuses():
     from llqr.config import build_config
-    from llqr.config.validate import check_runnable
+    from llqr.config.runnable import check_runnable
 
     for values, key in [({"use_preconditioner": True, "precond_on_update": True}, "precond_on_update"),
                         ({"use_preconditioner": True, "divergence": "renyi_zero"}, "divergence=renyi_zero"),
@@ -338,7 +329,7 @@ def test_cell_ids_quote_hostile_values_into_one_safe_path_component():
     plain components, survives Snakemake's --target-jobs parsing and holds nothing a shell reads."""
     from snakemake.target_jobs import parse_target_jobs_cli_args
 
-    from llqr.config.validate import SHELL_METACHARACTERS
+    from llqr.config.safety import SHELL_METACHARACTERS
     from llqr.workflow.validator import check_workflow
 
     hostile = ["a;b", "$(id)", "`id`", "x|y", "q'\"", "n\nl", "../../etc", "/abs", "s p", "c,d"]

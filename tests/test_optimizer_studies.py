@@ -8,7 +8,7 @@ import pytest
 
 from llqr.config import ConfigError, resolve
 from llqr.train.loop import run
-from llqr.workflow.matrix import Cell
+from llqr.workflow.cells import Cell
 
 
 @pytest.mark.parametrize("overrides", [
@@ -84,7 +84,7 @@ def test_svag_runs_l_times_the_steps_and_sde2_runs(tmp_path, digits_root):
 
 
 def test_svag_at_l_1_is_the_plain_sgd_cell():
-    from llqr.workflow.matrix import normalise
+    from llqr.workflow.cells import normalise
 
     base = resolve("digits-mlp", {}).to_dict()
     svag1 = resolve("digits-mlp", {"noise": "svag", "svag_l": 1}).to_dict()

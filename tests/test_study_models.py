@@ -423,10 +423,10 @@ def test_simple_vit_init_positions_and_one_step():
 def test_hyperbolic_study_config():
     """The config names build the models (``init`` traced: a params-only dict)."""
     from llqr.config import build_config
-    from llqr.config.fields import MODELS
-    from llqr.models import AVAILABLE, build_model
+    from llqr.config.families import MODELS
+    from llqr.models import build_model
 
-    assert {"simple_cnn", "simple_vit"} <= set(AVAILABLE) & set(MODELS)
+    assert {"simple_cnn", "simple_vit"} <= set(MODELS)
     for name, cls, count in (("simple_cnn", SimpleCNN, 1_116_970), ("simple_vit", SimpleViT, 1_793_866)):
         model = build_model(build_config({"model": name, "dataset": "cifar10"}), num_classes=10)
         assert isinstance(model, cls) and num_params(shapes(model, CIFAR)["params"]) == count

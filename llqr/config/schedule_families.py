@@ -4,6 +4,11 @@ A schedule setting is a mapping ``{"name": <family>, <param>: <value>, ...}``. S
 family (``lr_scheduler=inverse_sqrt``) resets the parameters to that family's defaults, as
 a Hydra group switch does in the original runner. Epoch-valued parameters are multiplied by
 steps-per-epoch when the schedule is built (``llqr.train.schedules``).
+
+config owns the name lists because it is the bottom layer; the implementing modules import them.
+``SCHEDULE_FAMILIES`` is the one list of families: ``llqr.train.schedules.build_schedule`` (and
+``budget_schedules``) dispatch on its names, and tests/test_families.py and test_schedules.py check
+that every family builds and that they build no other.
 """
 
 from __future__ import annotations

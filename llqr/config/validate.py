@@ -1,85 +1,25 @@
-"""Coercion and validation of run-config values, with errors that say how to fix them."""
+"""Coercion and validation of run-config values, with errors that say how to fix them.
+
+Value and type checks and the cross-key rules live here; the safety of strings that become paths
+or arguments is ``llqr.config.safety``, the runner's config-only refusals ``llqr.config.runnable``
+(both importable from here, as before)."""
 
 from __future__ import annotations
 
-import difflib
-import itertools
 import math
 
-from .fields import (
-    FIELDS,
-    KRONECKER_OPTIMIZERS,
-    MODULAR_DATASETS,
-    RESEARCH_DIVERGENCES,
-    SEPARABLE_DIVERGENCES,
-    TRANSLATION_DATASETS,
-    field_default,
+from .errors import ConfigError, suggest
+from .families import IN_MEMORY_DATASETS, KRONECKER_OPTIMIZERS, MODULAR_DATASETS, TRANSLATION_DATASETS
+from .fields import FIELDS
+from .runnable import check_runnable  # noqa: F401 (importable from here, as before)
+from .safety import (  # noqa: F401 (importable from here, as before)
+    SHELL_METACHARACTERS,
+    check_data_path,
+    check_name,
+    check_path_name,
+    check_safe_text,
 )
 from .schedule_families import HYPERBOLIC_FAMILIES, SCHEDULE_FAMILIES, default_schedule
-
-
-class ConfigError(ValueError):
-    """A configuration problem, detected before any training starts."""
-
-
-def suggest(word: str, candidates) -> str:
-    """' (did you mean X?)' when something close exists, else ''."""
-    names = [str(c) for c in candidates if c is not None]
-    close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
-    if not close and len(str(word)) >= 3:
-        close = [n for n in names if n.startswith(str(word))][:1]
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def check_path_name(name, what: str, hidden_ok: bool = False) -> str:
-    """``name`` if it is safe to build a path from: relative, no '..' component, not a hidden
-    ``_`` base (unless ``hidden_ok``: an ``inherits``); else a one-line ConfigError naming ``what``."""
-    text = str(name)
-    parts = text.replace("\\", "/").split("/")
-    hidden = text.startswith("_") and not hidden_ok
-    if not text or text.startswith(("/", "\\", "~")) or ".." in parts or hidden:
-        raise ConfigError(f"{what} {text!r} must be a plain relative name (no '..', no leading '/', '~' or '_')")
-    return text
-
-
-# Characters that mean something to a shell (or end a line): no config value that can reach a
-# command line or a file name may hold one (check_safe_text).
-SHELL_METACHARACTERS = frozenset(";&|$`<>\"'\\()*?[]{}!#")
-# What a name that becomes a path component or a wildcard value may hold (surface names, presets).
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+=:@-")
-
-
-def check_safe_text(text, what: str, allow_space: bool = True) -> str:
-    """``text`` if it holds no control character (newline, tab, ...) and no shell metacharacter
-    (; & | $ ` < > quotes backslash parentheses globs ! #); else a ConfigError naming ``what``."""
-    text = str(text)
-    bad = sorted({c for c in text if c in SHELL_METACHARACTERS or ord(c) < 32 or ord(c) == 127
-                  or (c.isspace() and not (allow_space and c == " "))})
-    if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        raise ConfigError(f"{what} {text!r} holds {shown}: no shell metacharacters, quotes or control characters "
-                          f"(a config value must never reach a shell or a file name as code)")
-    return text
-
-
-def check_name(name, what: str) -> str:
-    """A name that becomes a file-name component or a Snakemake wildcard value (a surface or preset
-    name): letters, digits and _ . + = : @ -, not starting with '.', '_' or '-'."""
-    text = str(name)
-    check_safe_text(text, what, allow_space=False)
-    if not text or not set(text) <= _NAME_CHARS or text[0] in "._-":
-        raise ConfigError(f"{what} {text!r} must be a plain name: letters, digits and _ . + = : @ - "
-                          f"(not starting with '.', '_' or '-', no '/' or spaces)")
-    return text
-
-
-def check_data_path(path, what: str) -> str:
-    """A user-given data location (``dataset_dir``): absolute or relative, but no '..' component and
-    nothing a shell would read as code."""
-    text = check_safe_text(path, what)
-    if not text.strip() or ".." in text.replace("\\", "/").split("/"):
-        raise ConfigError(f"{what} {text!r} must be a non-empty path without a '..' component")
-    return text
 
 
 def unknown_key(key: str, where: str = "run config") -> ConfigError:
@@ -267,7 +207,7 @@ def check_combinations(cfg: dict) -> None:
                                      or cfg["optimizer"] in KRONECKER_OPTIMIZERS):
         raise ConfigError("data_parallel=true shards image or digits batches of the plain, SAM and LLQR steps; it "
                           "is not available for translation, noise studies or Kronecker optimizers")
-    if cfg.get("train_fraction", 1.0) < 1.0 and cfg["dataset"] not in ("digits", "mnist", "cifar10", "cifar100"):
+    if cfg.get("train_fraction", 1.0) < 1.0 and cfg["dataset"] not in IN_MEMORY_DATASETS:
         raise ConfigError(f"train_fraction={cfg['train_fraction']} subsets in-memory datasets only (digits, cifar10, "
                           f"cifar100), not {cfg['dataset']}")
     sam = cfg["sam_mode"]
@@ -335,113 +275,3 @@ def check_modular(cfg: dict) -> None:
                           f"together (got model={cfg['model']}, dataset={cfg['dataset']})")
     if cfg["model"] == "grok_transformer" and cfg["grok_dim"] % 4:
         raise ConfigError(f"grok_dim={cfg['grok_dim']} must be a multiple of the grok_transformer's 4 heads")
-
-
-# --- runnability: what the runner would refuse at job time, refused before a job is queued -------
-
-# Models that pool a 32x32 image down to nothing before their head: not for digits (8x8) or mnist (28x28).
-LARGE_IMAGE_MODELS = ("vgg16bn", "vgg16", "vgg19", "wide_resnet28x10", "pyramidnet110")
-SMALL_IMAGE_DATASETS = {"digits": "8x8", "mnist": "28x28"}
-# Flattened input size and classes of the image datasets (the loaders' (H, W, C) and labels).
-_INPUT_SIZE = {"digits": 8 * 8, "mnist": 28 * 28, "cifar10": 32 * 32 * 3, "cifar100": 32 * 32 * 3,
-               "imagenet": 224 * 224 * 3}
-_CLASSES = {"cifar100": 100, "imagenet": 1000}
-EXACT_MAX_PARAMS = 4096  # llqr.optim.structures.EXACT_MAX_PARAMS: the dense curvature and its inverse, 2 x 64 MiB
-# Image models with far more than EXACT_MAX_PARAMS parameters at every size the config allows (the
-# smallest, simple_cnn on digits, has 133,354).
-_LARGE_MODELS = ("resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "preresnet32", "vgg16",
-                 "vgg19", "simple_cnn", "simple_vit", "vit_ti16")
-
-
-def _mlp_params(cfg: dict) -> int | None:
-    """Parameters of the config's mlp or si_mlp on its image dataset (None for other models/data)."""
-    if cfg["model"] not in ("mlp", "si_mlp") or cfg["dataset"] not in _INPUT_SIZE:
-        return None
-    widths = [_INPUT_SIZE[cfg["dataset"]], *cfg["mlp_hidden"], _CLASSES.get(cfg["dataset"], 10)]
-    if cfg["model"] == "si_mlp":  # bias-free hidden kernels only; the head is fixed
-        return sum(a * b for a, b in itertools.pairwise(widths[:-1]))
-    return sum((a + 1) * b for a, b in itertools.pairwise(widths))
-
-
-class _Keys:
-    """A RunConfig read by key, like its dict (without copying every value)."""
-
-    def __init__(self, cfg):
-        self._cfg = cfg
-
-    def __getitem__(self, key):
-        return getattr(self._cfg, key)
-
-
-def _default(key: str):
-    return field_default(FIELDS[key])
-
-
-def check_runnable(cfg, devices: int | None = None) -> None:
-    """Everything the runner (and the model and data code it calls) would refuse at job time for a
-    reason the config alone decides, as a ConfigError naming the key: research-only features, a
-    model that does not suit the dataset, an exact preconditioner too large to materialise, a
-    chunked fit of a divergence that is not a sum over samples (dataset sizes are checked by
-    llqr.workflow.job_checks, which knows them). ``cfg``: a RunConfig or its dict, as the job gets it (after llqr.workflow.matrix.normalise
-    in the workflow). ``devices``: the job's GPUs where known (data_parallel must split its batches
-    evenly over them). JAX-free; the runner calls it before loading any data."""
-    cfg = cfg if isinstance(cfg, dict) else _Keys(cfg)
-    llqr = cfg["use_preconditioner"]
-    if llqr and cfg["precond_on_update"]:
-        raise ConfigError("precond_on_update=true (P applied after the main optimizer) is research-only in the "
-                          "reference, whose signs look inconsistent there; it is not implemented: set "
-                          "precond_on_update=false")
-    if llqr and cfg["divergence"] in RESEARCH_DIVERGENCES:
-        raise ConfigError(f"divergence={cfg['divergence']} is research-only and not implemented "
-                          f"(research-only: {', '.join(RESEARCH_DIVERGENCES)})")
-    if cfg["sam_mode"] is not None:
-        for key in ("sam_research_base_vector_source", "sam_research_perturb_sign"):
-            if cfg[key] != _default(key):
-                raise ConfigError(f"{key}={cfg[key]} is a research-only SAM ablation and not implemented "
-                                  f"(only {key}={_default(key)} is)")
-    if llqr and cfg["divergence"] == "renyi" and cfg["divergence_order_param"] == 1.0:
-        raise ConfigError("divergence_order_param=1 is the KL limit of divergence=renyi; use divergence=ngd or "
-                          "reverse_kl")
-    if llqr and cfg["block_structure"] != "exact":
-        if cfg["llqr_batch_update_mode"] == "chunked_lqr_segment":
-            chunk_key = "llqr_batch_update_chunk_size"
-        elif cfg["llqr_second_order_mode"] == "sample_separable_exact":
-            chunk_key = "llqr_second_order_chunk_size"
-        else:
-            chunk_key = None
-        chunk = cfg[chunk_key] if chunk_key else None
-        if chunk and chunk < cfg["precond_batch_size"] and cfg["divergence"] not in SEPARABLE_DIVERGENCES:
-            raise ConfigError(f"divergence={cfg['divergence']} is not a sum over samples, so a chunked fit "
-                              f"({chunk_key}={chunk} < precond_batch_size={cfg['precond_batch_size']}) cannot split "
-                              f"it; chunked fits need divergence {', '.join(SEPARABLE_DIVERGENCES)}")
-    if llqr and cfg["block_structure"] == "exact":
-        n = _mlp_params(cfg)
-        if n is not None and n > EXACT_MAX_PARAMS:
-            raise ConfigError(f"block_structure=exact materialises the {n} x {n} curvature of this model's {n} "
-                              f"parameters; it is a reference for models of at most {EXACT_MAX_PARAMS} parameters "
-                              f"(use dense, e-kfac or diagonal here)")
-        if cfg["model"] in _LARGE_MODELS:
-            raise ConfigError(f"block_structure=exact materialises the dense curvature of all parameters, for "
-                              f"models of at most {EXACT_MAX_PARAMS}; model={cfg['model']} has far more (use "
-                              f"dense, e-kfac or diagonal)")
-    _check_model(cfg)
-    if cfg["data_parallel"] and devices and devices > 1:
-        for key in ("batch_size", "precond_batch_size") if llqr else ("batch_size",):
-            if cfg[key] % devices:
-                raise ConfigError(f"data_parallel: {key}={cfg[key]} does not split evenly over the job's {devices} "
-                                  f"GPUs; use a multiple of {devices} or data_parallel=false")
-
-
-def _check_model(cfg: dict) -> None:
-    """What llqr.models.build_model and the models refuse for the config's model and dataset."""
-    model, dataset = cfg["model"], cfg["dataset"]
-    if model in LARGE_IMAGE_MODELS and dataset in SMALL_IMAGE_DATASETS:
-        raise ConfigError(f"model={model} needs images of at least 32x32 (cifar10, cifar100, imagenet); "
-                          f"dataset={dataset} has {SMALL_IMAGE_DATASETS[dataset]} images")
-    if model == "vgg16bn" and cfg["dropout_rate"]:
-        raise ConfigError(f"dropout_rate={cfg['dropout_rate']}: vgg16bn's two dropouts are fixed at the "
-                          f"reference's 0.5; leave dropout_rate at 0")
-    if model == "preresnet32" and cfg["norm"] == "none":
-        raise ConfigError("preresnet32 needs norm=bn or norm=gn (norm=none is for vgg16/vgg19)")
-    if model == "si_mlp" and not cfg["mlp_hidden"]:
-        raise ConfigError("mlp_hidden=[]: si_mlp needs at least one hidden layer (its head is fixed)")

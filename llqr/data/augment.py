@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config.families import CROP_MODES  # the config layer owns the list; random_crop dispatches on it
+
 PAD = 4
 CUTOUT = 16
 CUTOUT_P = 0.5
-CROP_MODES = ("batch", "image")
 
 
 def batch_rng(seed: int, batch_number: int) -> np.random.Generator:

@@ -4,6 +4,9 @@ The LQR curvature is the Hessian in θ of θ' -> D(z_ref, f(θ')) at θ' = θ (z
 For ``ngd`` and ``reverse_kl`` the gradient at the logits vanishes there, so that Hessian is the
 exact Fisher/GGN *summed* over the N loss terms; Rényi's log wraps the batch-wide sum, which
 gives α times the *mean* Fisher. ``newton`` uses the training loss itself (full Hessian).
+
+The names are ``llqr.config.families.DIVERGENCES`` (the config layer owns the list): ``terminal_cost``
+implements every one but the research-only ``RESEARCH_DIVERGENCES``, which the config refuses first.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-RESEARCH_ONLY = ("renyi_zero", "renyi_inf")  # accepted by the config, refused before training
+from ..config.families import RESEARCH_DIVERGENCES
 
 
 def ngd(z_ref, z):
@@ -49,4 +52,6 @@ def terminal_cost(name: str, order: float = 0.5):
         return renyi(0.5)
     if name == "renyi_2":
         return renyi(2.0)
-    raise ValueError(f"divergence {name!r} is research-only in the reference and not implemented here")
+    if name in RESEARCH_DIVERGENCES:
+        raise ValueError(f"divergence {name!r} is research-only in the reference and not implemented here")
+    raise ValueError(f"unknown divergence {name!r}")

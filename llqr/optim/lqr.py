@@ -14,15 +14,17 @@ chunk's product recomputed by jvp-of-grad on every call, so that memory follows 
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from .losses import smoothed_cross_entropy
+from ..config.families import PRECOND_SOLVERS, SEPARABLE_DIVERGENCES
 from . import structures
 from .divergences import terminal_cost
+from .losses import smoothed_cross_entropy
 
 
 class Problem(NamedTuple):
@@ -32,9 +34,6 @@ class Problem(NamedTuple):
 
 def tree_vdot(a, b):
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-
-
-SEPARABLE = ("ngd", "reverse_kl", "newton")  # curvature is a sum over samples (newton: loss-weighted)
 
 
 def curvature_objective(cost, log_probs_fn, params, x, loss):
@@ -95,8 +94,9 @@ def make_problem(log_probs_fn, params, x, labels, *, divergence="ngd", order=0.5
         log_probs_fn = jax.checkpoint(log_probs_fn, policy=jax.checkpoint_policies.nothing_saveable)
     n = labels.shape[0]
     size = n if not chunk_size or chunk_size >= n else chunk_size
-    if size < n and divergence not in SEPARABLE:
-        raise ValueError(f"divergence {divergence!r} is not a sum over samples; chunked fits need one of {SEPARABLE}")
+    if size < n and divergence not in SEPARABLE_DIVERGENCES:
+        raise ValueError(f"divergence {divergence!r} is not a sum over samples; chunked fits need one of "
+                         f"{SEPARABLE_DIVERGENCES}")
     cost = terminal_cost(divergence, order)
 
     def loss(p, xc, yc):  # the chunk's share of the batch mean loss
@@ -168,7 +168,7 @@ def inner_solver(name: str, lr, momentum: float, clip_norm: float, groups) -> op
     elif name == "adam":
         solver = optax.adam(lr)
     else:
-        raise ValueError(f"unknown precond_solver {name!r}")
+        raise ValueError(f"unknown precond_solver {name!r}; expected one of {PRECOND_SOLVERS}")
     return optax.chain(clip_by_group_norm(clip_norm, groups), solver)
 
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-SAM_MODES = ("base_sam", "base_fsam", "past_fsam", "asam", "fisher_sam")
-PERTURB_MODES = ("ema_grad", "ema_precond_grad", "ema_direction")
-NORM_MODES = ("euclidean", "matrix_norm", "layer_euclidean", "layer_matrix_norm")
+# the config layer owns the mode lists (llqr.config.families); this module dispatches on them
+from ..config.families import NORM_MODES, PERTURB_MODES, SAM_MODES
+
 STABILISER = 1e-12  # asam's and fisher_sam's fixed denominator guard (gbar_eps is for the D(v) modes)
 
 

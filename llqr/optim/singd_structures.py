@@ -3,7 +3,8 @@
 Every structure is a group under multiplication, so SINGD's multiplicative update K (I − β1 m)
 stays in it; the storage is compact for all of them (hierarchical: its five blocks), while the
 generic products go through the dense view and cut the result back (exact, the pattern being
-closed). ``STRUCTURES`` is the name list the config's ``singd_structure`` choices come from.
+closed). ``STRUCTURES`` is the config's ``llqr.config.families.SINGD_STRUCTURES`` (the config layer owns
+the list; ``make_structure`` dispatches on it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-STRUCTURES = ("dense", "diagonal", "block_diagonal", "hierarchical", "tril_toeplitz", "triu_toeplitz")
+from ..config.families import SINGD_STRUCTURES as STRUCTURES
 
 
 def _tmap(f, *trees):

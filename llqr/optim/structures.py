@@ -17,6 +17,9 @@ the reference clips its single vector. Applying the identity init returns g exac
 ``exact`` is ours, not the reference's: one matrix over all parameters, set at each fit to the
 exact (H_D + λI)^-1 by a dense solve (``llqr.optim.exact``) instead of being fitted; it is the
 "exact vs relaxed" yardstick and is refused above ``EXACT_MAX_PARAMS`` parameters.
+
+The structure names (and EXACT_MAX_PARAMS) are ``llqr.config.families.BLOCK_STRUCTURES``: the config
+layer owns the list and this module dispatches on it (tests/test_families.py checks both ways).
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-FAMILIES = ("scalar", "diagonal", "dense", "kfac", "diag-kfac", "e-kfac", "sep-e-kfac", "psd-e-kfac",
-            "psd-sep-e-kfac", "exact")
+from ..config.families import BLOCK_STRUCTURES, EXACT_MAX_PARAMS
+
+FAMILIES = BLOCK_STRUCTURES  # the config's list (llqr.optim.FAMILIES), not a copy
 CLAMPED = ("scalar", "diagonal")  # clamped at >= 1e-8 unless allow_grad_inversion
 PSD_EPS = 1e-8
-EXACT_MAX_PARAMS = 4096  # the dense curvature and its inverse: 2 x 64 MiB in float32
 _IN_PROJECTIONS = ("query", "key", "value", "qkv")  # attention input projections: (emb, heads, head_dim)
 
 

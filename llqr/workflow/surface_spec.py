@@ -1,0 +1,77 @@
+"""A surface's spec checked: its axes and variant labels, rule conditions, metric and kind, with
+errors that name the surface."""
+
+from __future__ import annotations
+
+from ..config.errors import ConfigError
+from ..config.hashing import canonical_json
+from ..config.safety import check_name, check_safe_text
+
+# opt_state_bytes and ms_per_step: cost columns of the optimizer studies
+METRICS = {"test_accuracy": "max", "test_loss": "min", "train_loss": "min", "train_accuracy": "max",
+           "valid_bleu": "max", "test_bleu": "max", "opt_state_bytes": "min", "ms_per_step": "min",
+           "noise_ratio": "max", "noise_G": "min", "noise_N": "min"}
+KINDS = ("grid", "budget", "slcd")
+
+
+def surface_error(surface: str, msg: str) -> ConfigError:
+    return ConfigError(f"surface '{surface}': {msg}")
+
+
+def check_unique(surface: str, what: str, values: list):
+    seen = set()
+    for v in values:
+        key = canonical_json(v)
+        if key in seen:
+            raise surface_error(surface, f"duplicate {what} {v!r}")
+        seen.add(key)
+
+
+def _check_label(surface: str, axis: str, label: str) -> None:
+    """A variant label is shown in tables and figures and named by rule conditions: no shell
+    metacharacters, control characters, '/' or '..'."""
+    try:
+        check_safe_text(label, f"label of axis '{axis}'")
+    except ConfigError as exc:
+        raise surface_error(surface, str(exc)) from None
+    if not label.strip() or "/" in label or label.strip() == "..":
+        raise surface_error(surface, f"label of axis '{axis}' {label!r} must be non-empty, without '/' and not '..'")
+
+
+def parse_axes(name: str, axes: dict) -> dict:
+    if not isinstance(axes, dict):
+        raise surface_error(name, "'axes' must map axis names to lists of {label, set}")
+    parsed = {}
+    for axis, variants in axes.items():
+        try:
+            check_name(axis, "axis name")
+        except ConfigError as exc:
+            raise surface_error(name, str(exc)) from None
+        if axis in ("preset", "seed"):
+            raise surface_error(name, f"axis name '{axis}' is reserved")
+        if not isinstance(variants, list) or not variants:
+            raise surface_error(name, f"axis '{axis}' is an empty sweep; give at least one variant")
+        out = []
+        for v in variants:
+            if not isinstance(v, dict) or "label" not in v:
+                raise surface_error(name, f"axis '{axis}': each variant needs a 'label' (got {v!r})")
+            label = str(v["label"])
+            _check_label(name, axis, label)
+            out.append((label, dict(v.get("set") or {})))
+        check_unique(name, f"label in axis '{axis}':", [lab for lab, _ in out])
+        check_unique(name, f"variant settings in axis '{axis}':", [s for _, s in out])
+        parsed[axis] = out
+    return parsed
+
+
+def check_conditions(name: str, rules: list, axes: dict, presets: list) -> None:
+    for rule in rules:
+        for axis, wanted in (rule.get("when") or {}).items():
+            if axis != "preset" and axis not in axes:
+                raise surface_error(name, f"rule condition on unknown axis '{axis}' "
+                                          f"(axes: {', '.join(axes) or 'none'})")
+            labels = presets if axis == "preset" else [lab for lab, _ in axes[axis]]
+            for w in wanted if isinstance(wanted, list) else [wanted]:
+                if str(w) not in labels:
+                    raise surface_error(name, f"rule condition {axis}={w!r} matches no variant "
+                                              f"(have: {', '.join(labels)})")
