@@ -5,8 +5,10 @@ import os
 from snakemake.exceptions import WorkflowError
 
 from llqr.config import ConfigError
+from llqr.config.families import FETCHED_DATASETS, TRANSLATION_DATASETS
+from llqr.data import paths as data_paths
 from llqr.workflow.jobparams import JobParams, config_flag, normalise_dir
-from llqr.workflow.matrix import preset_base
+from llqr.workflow.cells import preset_base
 from llqr.workflow.resources import DEFAULTS as RESOURCE_DEFAULTS, preset_resources as _preset_resources
 from llqr.workflow.validator import check_workflow
 
@@ -29,7 +31,7 @@ ALLOW_MISSING = config_flag(config.get("allow_missing"), "allow_missing")  # "tr
 CONDA_ENV = f"../envs/{config.get('conda_env', 'cpu')}.yaml"
 
 
-TRANSLATION_CORPORA = ("iwslt14_de_en", "synth_de_en")
+TRANSLATION_CORPORA = TRANSLATION_DATASETS
 
 
 wildcard_constraints:
@@ -59,28 +61,34 @@ def cell_of(wildcards):
 
 
 # --- data inputs of a cell ------------------------------------------------------------
+# Every prepared file's name and place comes from llqr/data/paths.py, which the loaders read too.
+def data_folder(dataset):
+    """{DATA}/<dataset> (a wildcard such as "{corpus}" works as the dataset)."""
+    return data_paths.folder(DATA, dataset)
+
+
 def raw_archive(name):
-    return f"{DATA}/{name}/raw/{config['data_sources'][name]['file']}"
-
-
-def dataset_inputs(dataset):
-    if dataset == "digits":
-        return [f"{DATA}/digits/digits.npz"]
-    if dataset in ("mnist", "cifar10", "cifar100"):
-        return [raw_archive(dataset)]
-    if dataset in TRANSLATION_CORPORA:  # prepared by rules/iwslt.smk
-        return [f"{DATA}/{dataset}/iwslt14.tokenized.de-en.tar.gz", f"{DATA}/{dataset}/numeric/metadata.json"]
-    if dataset == "imagenet":
-        return [f"{DATA}/imagenet/shards/manifest.json"]
-    return []
+    """The archive rule fetch_raw puts in {DATA}/<name>/raw/: the loader's own file name where the
+    loader reads the archive itself (mnist, cifar), else data_sources.<name>.file."""
+    source = config["data_sources"][name]
+    fixed = data_paths.RAW_FILES.get(name)
+    if fixed is not None and source.get("file") not in (None, fixed):
+        raise WorkflowError(
+            f"data_sources.{name}.file is {source['file']!r}, but the {name} loader reads {fixed}: "
+            f"set file: {fixed}"
+        )
+    return str(data_paths.raw_file(data_folder(name), fixed or source["file"]))
 
 
 def config_inputs(run_config):
+    """The prepared files a job with ``run_config`` reads (llqr.data.paths.prepared_files)."""
     if run_config["dataset_dir"]:  # the user points at prepared data themselves
         return []
-    if run_config["dataset"] == "mod_sum":  # one file per modulus (rule prepare_modular)
-        return [f"{DATA}/mod_sum/p{run_config.get('modulus', 97)}.npz"]
-    return dataset_inputs(run_config["dataset"])
+    dataset = run_config["dataset"]
+    if dataset in data_paths.RAW_FILES:
+        raw_archive(dataset)  # refuses a data_sources file name the loader would not find
+    files = data_paths.prepared_files(dataset, data_folder(dataset), run_config["modulus"])
+    return [str(path) for path in files]
 
 
 def train_inputs(wildcards):

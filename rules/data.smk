@@ -1,9 +1,10 @@
-# Dataset preparation: each step a declared output, done once and shared by every cell.
+# Dataset preparation: each step a declared output, done once and shared by every cell. The
+# outputs' names come from llqr/data/paths.py (data_paths), where the loaders look for them too.
 
 
 rule prepare_digits:
     output:
-        f"{DATA}/digits/digits.npz",
+        str(data_paths.digits_file(data_folder("digits"))),
     log:
         "logs/data/prepare_digits.log",
     localrule: True
@@ -16,7 +17,7 @@ rule prepare_digits:
 # The grokking task's equations, generated (no download): a + b mod p, split 60/40 by a fixed seed.
 rule prepare_modular:
     output:
-        f"{DATA}/mod_sum/p{{p}}.npz",
+        str(data_paths.modular_file(data_folder("mod_sum"), "{p}")),
     wildcard_constraints:
         p=r"\d+",
     log:
@@ -30,9 +31,9 @@ rule prepare_modular:
 
 rule fetch_raw:
     output:
-        f"{DATA}/{{dataset}}/raw/{{file}}",
+        str(data_paths.raw_file(data_folder("{dataset}"), "{file}")),
     wildcard_constraints:
-        dataset="|".join(("mnist", "cifar10", "cifar100") + TRANSLATION_CORPORA),
+        dataset="|".join(FETCHED_DATASETS),
     params:
         source=lambda wc: config["data_sources"][wc.dataset],
     log:
@@ -47,7 +48,7 @@ rule fetch_raw:
 
 rule index_imagenet:
     output:
-        f"{DATA}/imagenet/index.json",
+        str(data_paths.imagenet_index(data_folder("imagenet"))),
     params:
         source=lambda wc: config["data_sources"].get("imagenet", {}).get("source_dir")
         or os.environ.get("IMAGENET_DIR"),
@@ -65,9 +66,9 @@ rule index_imagenet:
 # the shards to $SLURM_TMPDIR themselves. Resize with --set-resources pack_imagenet:runtime=...
 rule pack_imagenet:
     input:
-        f"{DATA}/imagenet/index.json",
+        str(data_paths.imagenet_index(data_folder("imagenet"))),
     output:
-        f"{DATA}/imagenet/shards/manifest.json",
+        str(data_paths.imagenet_manifest(data_folder("imagenet"))),
     params:
         shard_size_mb=1024,
     log:

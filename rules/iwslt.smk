@@ -5,9 +5,10 @@
 from llqr.data.iwslt_prep import LANGS, SPLITS, XML_SETS, members
 from llqr.data.iwslt_cache import cache_files
 
-IWSLT = f"{DATA}/{{corpus}}"
-IWSLT_ARCHIVE = f"{IWSLT}/iwslt14.tokenized.de-en.tar.gz"
-IWSLT_REPORT = f"{IWSLT}/prep_report.json"
+IWSLT = str(data_folder("{corpus}"))
+# the files the training jobs read, named in llqr/data/paths.py (data_paths) for the loader too
+IWSLT_ARCHIVE = str(data_paths.translation_archive(IWSLT))
+IWSLT_REPORT = str(data_paths.prep_report(IWSLT))
 
 
 def bpe_merges(wildcards):
@@ -138,7 +139,7 @@ rule iwslt_cache:
     input:
         IWSLT_ARCHIVE,
     output:
-        [f"{IWSLT}/numeric/{name}" for name in cache_files()],
+        [str(data_paths.numeric_cache(IWSLT) / name) for name in cache_files()],
     params:
         step="cache",
     log:

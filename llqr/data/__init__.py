@@ -1,18 +1,22 @@
-"""Dataset registry: config dataset name -> loader of its prepared on-disk form."""
+"""Dataset registry: config dataset name -> loader of its prepared on-disk form.
+
+The dataset names are ``llqr.config.families.DATASETS``: the config layer owns the list and
+``load_dataset`` dispatches on it (tests/test_families.py: every name has a loader, no other has).
+Where the prepared files lie in a dataset's folder is ``llqr.data.paths``, shared with the rules.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..config.families import DATASETS, TRANSLATION_DATASETS
+from . import paths
 from .errors import DataError
-
-READY = ("digits", "mnist", "cifar10", "cifar100", "imagenet", "iwslt14_de_en", "synth_de_en", "mod_sum")
-TRANSLATION_ARCHIVE = "iwslt14.tokenized.de-en.tar.gz"  # rules/iwslt.smk: iwslt_pack
-NUMERIC_CACHE = "numeric"  # rules/iwslt.smk: iwslt_cache
+from .paths import NUMERIC_CACHE, TRANSLATION_ARCHIVE  # noqa: F401 (importable from here, as before)
 
 
 def dataset_dir(cfg, data_root: str | Path = "data") -> Path:
-    return Path(cfg.dataset_dir) if cfg.dataset_dir else Path(data_root) / cfg.dataset
+    return Path(cfg.dataset_dir) if cfg.dataset_dir else paths.folder(data_root, cfg.dataset)
 
 
 def load_dataset(cfg, data_root: str | Path = "data", prepare_missing: bool = False):
@@ -41,14 +45,14 @@ def _load_full(cfg, data_root, prepare_missing):
     if cfg.dataset == "digits":
         from . import digits
 
-        if prepare_missing and not (directory / digits.FILENAME).exists():
-            digits.prepare(directory / digits.FILENAME)
+        if prepare_missing and not paths.digits_file(directory).exists():
+            digits.prepare(paths.digits_file(directory))
         return digits.load(directory)
     if cfg.dataset == "mod_sum":
         from . import modular
 
-        if prepare_missing and not (directory / modular.filename(cfg.modulus)).exists():
-            modular.prepare(directory / modular.filename(cfg.modulus), cfg.modulus)
+        if prepare_missing and not paths.modular_file(directory, cfg.modulus).exists():
+            modular.prepare(paths.modular_file(directory, cfg.modulus), cfg.modulus)
         return modular.load(directory, cfg.modulus)
     if cfg.dataset == "mnist":
         from . import mnist
@@ -62,19 +66,19 @@ def _load_full(cfg, data_root, prepare_missing):
         from . import imagenet
 
         return imagenet.load(directory, seed=cfg.data_seed)
-    if cfg.dataset in ("iwslt14_de_en", "synth_de_en"):
+    if cfg.dataset in TRANSLATION_DATASETS:
         from . import iwslt
 
-        archive, cache = directory / TRANSLATION_ARCHIVE, directory / NUMERIC_CACHE
+        archive, cache = paths.translation_archive(directory), paths.numeric_cache(directory)
         if not archive.is_file():
             raise DataError(f"{archive} not found: prepare it with `snakemake {archive}` (the iwslt_pack rule and "
                             f"the steps before it)")
-        if not (cache / "metadata.json").is_file():
-            raise DataError(f"numeric cache {cache} not found: build it with `snakemake {cache}/metadata.json` "
-                            f"(the iwslt_cache rule)")
+        if not paths.cache_metadata(directory).is_file():
+            raise DataError(f"numeric cache {cache} not found: build it with `snakemake "
+                            f"{paths.cache_metadata(directory)}` (the iwslt_cache rule)")
         return iwslt.load(archive, cache, name=cfg.dataset)
     raise DataError(
-        f"dataset '{cfg.dataset}' has no loader in this version of llqr (available: {', '.join(READY)})"
+        f"dataset '{cfg.dataset}' has no loader in this version of llqr (available: {', '.join(DATASETS)})"
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paths
 from .arrays import ArrayDataset
 from .augment import batch_rng, cifar_train_augment
 from .errors import DataError
@@ -25,7 +26,7 @@ IMAGE_BYTES = 32 * 32 * 3
 
 @dataclass(frozen=True)
 class CifarSpec:
-    archive: str
+    archive: str  # llqr.data.paths.CIFAR_ARCHIVES, fetched to <folder>/raw/
     folder: str
     train: tuple[str, ...]
     test: tuple[str, ...]
@@ -37,11 +38,11 @@ class CifarSpec:
 
 
 SPECS = {
-    "cifar10": CifarSpec("cifar-10-binary.tar.gz", "cifar-10-batches-bin",
+    "cifar10": CifarSpec(paths.CIFAR_ARCHIVES["cifar10"], "cifar-10-batches-bin",
                          tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",), 1, 0, 10,
                          (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": CifarSpec("cifar-100-binary.tar.gz", "cifar-100-binary", ("train.bin",), ("test.bin",), 2, 1, 100,
-                          (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "cifar100": CifarSpec(paths.CIFAR_ARCHIVES["cifar100"], "cifar-100-binary", ("train.bin",), ("test.bin",), 2, 1,
+                          100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
 
 
@@ -84,11 +85,11 @@ def _read_members(source: Path, spec: CifarSpec) -> dict[str, bytes]:
 
 
 def find_source(directory: Path, spec: CifarSpec) -> Path:
-    for candidate in (directory / "raw" / spec.archive, directory / spec.archive, directory / spec.folder):
+    for candidate in (paths.raw_file(directory, spec.archive), directory / spec.archive, directory / spec.folder):
         if candidate.exists():
             return candidate
     raise DataError(
-        f"no CIFAR data in {directory}: expected {directory / 'raw' / spec.archive} (the workflow fetches it; "
+        f"no CIFAR data in {directory}: expected {paths.raw_file(directory, spec.archive)} (the workflow fetches it; "
         f"offline, copy the official archive there or set data_sources.<dataset>.local) or an extracted "
         f"{directory / spec.folder}/")
 

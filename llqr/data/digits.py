@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paths
 from .arrays import ArrayDataset, image_dataset, read_npz, save_npz_atomic
 from .errors import DataError
 
-FILENAME = "digits.npz"
+FILENAME = paths.DIGITS  # in the dataset's folder (llqr.data.paths, shared with rule prepare_digits)
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -36,10 +37,11 @@ def prepare(out_path: Path) -> dict:
 
 
 def load(directory: Path) -> ArrayDataset:
-    path = Path(directory) / FILENAME
+    path = paths.digits_file(directory)
     if not path.is_file():
+        target = paths.digits_file(paths.folder("data", "digits"))  # the workflow's, at the default data_dir
         raise DataError(
-            f"digits data not found at {path}; create it with `snakemake data/digits/{FILENAME}` "
+            f"digits data not found at {path}; create it with `snakemake {target}` "
             f"or `python -m llqr.data.prepare digits {path}`"
         )
     arrays = read_npz(path, KEYS, "delete it and re-create it")

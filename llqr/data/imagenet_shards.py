@@ -28,15 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paths
 from .errors import DataError
 from .fetch import file_digest
 
 FORMAT = "llqr-imagenet-shards"
 VERSION = 1
-MANIFEST = "manifest.json"
+MANIFEST = paths.IMAGENET_MANIFEST  # written last (llqr.data.paths, shared with rule pack_imagenet)
 SPLITS = ("train", "val")
 INDEX_DTYPE = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("length", "<u4"), ("label", "<i4")])
-REBUILD = ("rebuild it with `snakemake --cores 4 --forcerun pack_imagenet {dir}/manifest.json` or "
+REBUILD = ("rebuild it with `snakemake --cores 4 --forcerun pack_imagenet {dir}/" + MANIFEST + "` or "
            "`python -m llqr.data.prepare imagenet <source> {dir}`")
 
 
@@ -61,14 +62,15 @@ def manifest_files(manifest: dict) -> list[dict]:
 def resolve_dir(directory) -> Path:
     """The folder holding ``manifest.json``: ``directory`` itself or its ``shards/`` subfolder."""
     directory = Path(directory)
-    for candidate in (directory, directory / "shards"):
+    for candidate in (directory, paths.imagenet_shards(directory)):
         if (candidate / MANIFEST).is_file():
             return candidate
+    manifest = paths.imagenet_manifest(directory)
     raise DataError(
-        f"no packed ImageNet in {directory}: expected {directory / 'shards' / MANIFEST} (or {directory / MANIFEST}) "
+        f"no packed ImageNet in {directory}: expected {manifest} (or {directory / MANIFEST}) "
         f"with its train-*.tar/val-*.tar shards. Pack your ImageNet files once with `snakemake --cores 4 "
-        f"{directory / 'shards' / MANIFEST}` (source: data_sources.imagenet.source_dir or $IMAGENET_DIR) or "
-        f"`python -m llqr.data.prepare imagenet <source> {directory / 'shards'}`")
+        f"{manifest}` (source: data_sources.imagenet.source_dir or $IMAGENET_DIR) or "
+        f"`python -m llqr.data.prepare imagenet <source> {paths.imagenet_shards(directory)}`")
 
 
 def read_manifest(shard_dir) -> dict:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_atomic, write_text
+from . import paths
 from .errors import DataError
 from .iwslt_prep import LANGS, PACK_DIR, SPLITS, count_lines
 
@@ -34,7 +35,7 @@ BOS, PAD, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 PAD_MULTIPLE = 8
 FORMAT_VERSION = 1
-METADATA = "metadata.json"
+METADATA = paths.CACHE_METADATA  # written last (llqr.data.paths, shared with the rules and the loader)
 UNK_HYP, UNK_REF = "UNKNOWNTOKENINHYP", "UNKNOWNTOKENINREF"
 
 

@@ -11,19 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paths
 from .arrays import ArrayDataset, image_dataset, read_npz
 from .errors import DataError
 
-FILENAME = "mnist.npz"
+FILENAME = paths.MNIST  # fetched to <folder>/raw/ (llqr.data.paths, shared with the rules)
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 MEAN, STD = 0.1307, 0.3081
 
 
 def find_source(directory: Path) -> Path:
-    for candidate in (directory / "raw" / FILENAME, directory / FILENAME):
+    for candidate in (paths.mnist_file(directory), directory / FILENAME):
         if candidate.is_file():
             return candidate
-    raise DataError(f"no MNIST data in {directory}: expected {directory / 'raw' / FILENAME} (the workflow fetches "
+    raise DataError(f"no MNIST data in {directory}: expected {paths.mnist_file(directory)} (the workflow fetches "
                     f"it; offline, copy mnist.npz there or set data_sources.mnist.local)")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paths
 from .arrays import ArrayDataset, read_npz, save_npz_reproducible
 from .errors import DataError
 
@@ -21,10 +22,6 @@ TRAIN_FRACTION = 0.6  # the reference's frac_train
 SPLIT_SEED = 0
 OP, EQ, OFFSET = 0, 1, 2  # token ids of the op symbol and "=", and of residue 0
 KEYS = ("x_train", "y_train", "x_test", "y_test", "modulus")
-
-
-def filename(p: int) -> str:
-    return f"p{p}.npz"
 
 
 def train_count(p: int) -> int:
@@ -52,7 +49,7 @@ def prepare(out_path: Path, p: int) -> dict:
 
 
 def load(directory: Path, p: int) -> ArrayDataset:
-    path = Path(directory) / filename(p)
+    path = paths.modular_file(directory, p)
     if not path.is_file():
         raise DataError(f"modular-addition data for p={p} not found at {path}; create it with "
                         f"`snakemake {path}` (rule prepare_modular)")

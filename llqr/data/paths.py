@@ -1,0 +1,101 @@
+"""Where each dataset's prepared files lie in its folder: the one definition the workflow's rules
+(rules/data.smk, rules/iwslt.smk, rules/common.smk's train inputs) and the loaders (digits, mnist,
+cifar, modular, iwslt, imagenet) both use, so a rule's outputs are exactly what its loader reads.
+
+A dataset's folder is ``<data_dir>/<dataset>`` (``folder``), or the run's ``dataset_dir``. Each
+function takes that folder and returns a ``Path`` (a Snakemake pattern such as
+``data/{corpus}`` works as the folder: the rules build their outputs with these functions).
+``prepared_files`` lists what a training job reads, the inputs of its rule. Pure Python: the
+Snakefile imports it (no NumPy, no JAX).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config.families import TRANSLATION_DATASETS
+
+RAW = "raw"  # where rule fetch_raw puts a downloaded archive: <folder>/raw/<file>
+DIGITS = "digits.npz"  # rule prepare_digits (llqr.data.digits.prepare)
+MNIST = "mnist.npz"  # fetched as is (data_sources.mnist)
+CIFAR_ARCHIVES = {"cifar10": "cifar-10-binary.tar.gz", "cifar100": "cifar-100-binary.tar.gz"}  # fetched as is
+# The raw archive a loader reads directly, by dataset (the workflow fetches it under this name).
+RAW_FILES = {"mnist": MNIST, **CIFAR_ARCHIVES}
+TRANSLATION_ARCHIVE = "iwslt14.tokenized.de-en.tar.gz"  # rule iwslt_pack
+PREP_REPORT = "prep_report.json"  # rule iwslt_pack: line counts after every step
+NUMERIC_CACHE = "numeric"  # rule iwslt_cache: a folder
+CACHE_METADATA = "metadata.json"  # written last into the numeric cache: its presence means complete
+IMAGENET_INDEX = "index.json"  # rule index_imagenet
+IMAGENET_SHARDS = "shards"  # rule pack_imagenet: a folder
+IMAGENET_MANIFEST = "manifest.json"  # written last into the shard folder
+
+
+def folder(data_root, dataset: str) -> Path:
+    """``<data_root>/<dataset>``: where the workflow prepares ``dataset``."""
+    return Path(data_root) / dataset
+
+
+def digits_file(directory) -> Path:
+    return Path(directory) / DIGITS
+
+
+def modular_file(directory, p) -> Path:
+    """The equations of modulus ``p`` (an int, or a wildcard such as ``"{p}"``)."""
+    return Path(directory) / f"p{p}.npz"
+
+
+def raw_file(directory, name: str) -> Path:
+    """A fetched archive called ``name``."""
+    return Path(directory) / RAW / name
+
+
+def mnist_file(directory) -> Path:
+    return raw_file(directory, MNIST)
+
+
+def cifar_archive(directory, dataset: str) -> Path:
+    return raw_file(directory, CIFAR_ARCHIVES[dataset])
+
+
+def translation_archive(directory) -> Path:
+    return Path(directory) / TRANSLATION_ARCHIVE
+
+
+def prep_report(directory) -> Path:
+    return Path(directory) / PREP_REPORT
+
+
+def numeric_cache(directory) -> Path:
+    return Path(directory) / NUMERIC_CACHE
+
+
+def cache_metadata(directory) -> Path:
+    return numeric_cache(directory) / CACHE_METADATA
+
+
+def imagenet_index(directory) -> Path:
+    return Path(directory) / IMAGENET_INDEX
+
+
+def imagenet_shards(directory) -> Path:
+    return Path(directory) / IMAGENET_SHARDS
+
+
+def imagenet_manifest(directory) -> Path:
+    return imagenet_shards(directory) / IMAGENET_MANIFEST
+
+
+def prepared_files(dataset: str, directory, modulus: int = 97) -> list[Path]:
+    """The files a training job on ``dataset`` reads from its folder (``modulus``: mod_sum's p), in
+    the form the workflow prepares them; [] for a dataset without a prepared form."""
+    if dataset == "digits":
+        return [digits_file(directory)]
+    if dataset == "mod_sum":
+        return [modular_file(directory, modulus)]
+    if dataset in RAW_FILES:
+        return [raw_file(directory, RAW_FILES[dataset])]
+    if dataset in TRANSLATION_DATASETS:
+        return [translation_archive(directory), cache_metadata(directory)]
+    if dataset == "imagenet":
+        return [imagenet_manifest(directory)]
+    return []
