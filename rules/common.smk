@@ -5,7 +5,7 @@ import os
 from snakemake.exceptions import WorkflowError
 
 from llqr.config import ConfigError
-from llqr.config.families import FETCHED_DATASETS, TRANSLATION_DATASETS
+from llqr.config.families import TRANSLATION_DATASETS
 from llqr.data import paths as data_paths
 from llqr.workflow.jobparams import JobParams, config_flag, normalise_dir
 from llqr.workflow.cells import preset_base

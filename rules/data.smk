@@ -33,7 +33,8 @@ rule fetch_raw:
     output:
         str(data_paths.raw_file(data_folder("{dataset}"), "{file}")),
     wildcard_constraints:
-        dataset="|".join(FETCHED_DATASETS),
+        # the archives a loader reads itself, and the raw corpora of the translation chain
+        dataset="|".join((*data_paths.RAW_FILES, *TRANSLATION_CORPORA)),
     params:
         source=lambda wc: config["data_sources"][wc.dataset],
     log:

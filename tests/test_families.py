@@ -72,7 +72,7 @@ def test_the_configs_choices_are_the_family_lists():
     assert FIELDS["sam_mode"].metadata["choices"] == (None, *SAM_MODES)
     assert set(RESEARCH_DIVERGENCES) <= set(DIVERGENCES) and set(SEPARABLE_DIVERGENCES) <= set(DIVERGENCES)
     assert set(families.BASE_SAM_MODES) <= set(SAM_MODES)
-    assert set(families.TRANSLATION_DATASETS + families.MODULAR_DATASETS + families.FETCHED_DATASETS) <= set(DATASETS)
+    assert set(families.TRANSLATION_DATASETS + families.MODULAR_DATASETS + families.IN_MEMORY_DATASETS) <= set(DATASETS)
 
 
 def test_the_implementing_modules_hold_the_config_lists_not_copies():

@@ -27,7 +27,6 @@ TRANSLATION_DATASETS = ("iwslt14_de_en", "synth_de_en")  # synth_de_en: ours, th
 MODULAR_DATASETS = ("mod_sum",)
 IN_MEMORY_DATASETS = ("digits", "mnist", "cifar10", "cifar100")  # held as arrays (train_fraction subsets them)
 DATASETS = (*IN_MEMORY_DATASETS, "imagenet", *TRANSLATION_DATASETS, *MODULAR_DATASETS)
-FETCHED_DATASETS = ("mnist", "cifar10", "cifar100", *TRANSLATION_DATASETS)  # raw archives from data_sources
 
 # --- optimizers -----------------------------------------------------------------------------------
 KRONECKER_OPTIMIZERS = ("singd", "ikfac", "kfac")  # ours: the SINGD study's optimizers (llqr.optim.singd)
