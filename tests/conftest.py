@@ -32,14 +32,19 @@ def write_yaml(path: Path, obj) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def jax_compilation_cache(tmp_path_factory):
-    """One persistent compilation cache for the session, fresh each session (so tests stay hermetic):
+    """One persistent compilation cache for the session (shared by its xdist workers), fresh each
+    session (so tests stay hermetic):
     the many small runs here compile the same model inits and steps again and again, in this process
     and in the Snakemake jobs the workflow tests start (they inherit the variable)."""
     import jax
 
     if os.environ.get("LLQR_JAX_CACHE") == "0":
         return None
-    path = str(tmp_path_factory.mktemp("jax-cache"))
+    base = tmp_path_factory.getbasetemp()
+    # under pytest-xdist every worker has its own basetemp below one shared folder: share the cache
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = str(shared / "jax-cache")
+    os.makedirs(path, exist_ok=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

@@ -112,6 +112,7 @@ def test_length_penalty_normalisation(len_penalty, expected, score):
     np.testing.assert_allclose(np.asarray(scores), [score], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_beam1_equals_greedy_random_table():
     """A random Markov table (row, last token, t) with a strong eos column: varied lengths."""
     rows, max_len = 6, 9

@@ -163,6 +163,7 @@ def tiny_run(tmp_path, **overrides):
     return events
 
 
+@pytest.mark.slow  # the demo surfaces demo_grokking(_train) run it through the workflow in the default set
 def test_tiny_grokking_run(tmp_path):
     """The preset's AdamW path; compiling the LLQR fit on CPU takes ~20 s more (the slow test)."""
     events = tiny_run(tmp_path, use_preconditioner=False)
@@ -175,6 +176,7 @@ def test_tiny_grokking_run_with_llqr(tmp_path):
     assert [e["step"] for e in events if e["event"] == "precond"] == [0, 2]
 
 
+@pytest.mark.slow
 def test_llqr_fit_on_the_grokking_model():
     """One diagonal fit (3 inner steps, compiled at XLA's lowest optimisation level): a block per
     parameter array, finite, cost not increasing, and P moved in each controlled layer."""

@@ -103,7 +103,7 @@ def test_ngd_curvature_is_the_summed_fisher_and_renyi_the_mean_fisher_times_alph
     np.testing.assert_allclose(H_renyi, 0.3 * fisher / n, atol=1e-12)
 
 
-@pytest.mark.parametrize("divergence", ["newton", "ngd"])
+@pytest.mark.parametrize("divergence", [pytest.param("newton", marks=pytest.mark.slow), "ngd"])
 def test_dense_fit_converges_to_the_exact_direction(divergence):
     f, params, x, y = _setup(SoftmaxRegression(), (4,), n=8)
     damping = 0.5
@@ -152,7 +152,7 @@ def test_precond_gradient_matches_autodiff_for_every_structure(structure):
 
 
 @pytest.mark.parametrize("chunk", [2, 4, 5])
-@pytest.mark.parametrize("divergence", ["newton", "ngd"])
+@pytest.mark.parametrize("divergence", [pytest.param("newton", marks=pytest.mark.slow), "ngd"])
 def test_chunked_and_low_memory_routes_equal_the_full_batch(chunk, divergence):
     f, params, x, y = _setup(TinyCNN(), (4, 4, 1), n=8)
     blocks = init_blocks("e-kfac", params)
@@ -205,7 +205,7 @@ def test_chunking_a_non_separable_divergence_is_refused():
         make_problem(f, params, x, y, divergence="renyi", chunk_size=2)
 
 
-@pytest.mark.parametrize("divergence", ["newton", "ngd"])
+@pytest.mark.parametrize("divergence", [pytest.param("newton", marks=pytest.mark.slow), "ngd"])
 def test_exact_structure_applies_the_dense_solve(divergence):
     from llqr.config import build_config
     from llqr.optim import make_llqr_fit
@@ -283,7 +283,7 @@ class Seq2Seq(nn.Module):
         return nn.log_softmax(nn.Dense(4)(jnp.tanh(h)))
 
 
-@pytest.mark.parametrize("divergence", ["newton", "ngd"])
+@pytest.mark.parametrize("divergence", [pytest.param("newton", marks=pytest.mark.slow), "ngd"])
 def test_chunks_that_do_not_divide_the_batch_give_the_whole_batch_p(divergence):
     """Fit batch 8 in chunks of 3 (3 + 3 + 2), on tuple inputs with padded positions that leave the
     loss (ignore_index) and whose log-prob rows are zeroed, as the runner's fit: the same P as the
@@ -333,7 +333,8 @@ class WideInputMLP(nn.Module):
 
 
 @pytest.mark.parametrize("route", [
-    {"llqr_batch_update_mode": "chunked_lqr_segment", "llqr_batch_update_chunk_size": 64},
+    pytest.param({"llqr_batch_update_mode": "chunked_lqr_segment", "llqr_batch_update_chunk_size": 64},
+                 marks=pytest.mark.slow),
     {"llqr_second_order_mode": "sample_separable_exact", "llqr_second_order_chunk_size": 64},
 ], ids=["chunked_lqr_segment", "sample_separable_exact"])
 def test_chunked_fit_memory_follows_the_chunk_not_the_batch(route):

@@ -210,7 +210,9 @@ SMALL = {  # the same code paths (projections, forks, pooled/padded shortcuts, d
 }
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+# resnet50's bottlenecks and pyramidnet110's padded shortcuts compile longest: in the slow set
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet50", "pyramidnet110") else n
+                                  for n in sorted(SMALL)])
 def test_small_forward_backward_and_batchnorm_modes(name):
     make, input_shape = SMALL[name]
     check_forward_backward(make(7), input_shape, 7, dropout=name in ("vgg16bn", "wide_resnet28x10"))
@@ -276,6 +278,7 @@ def check_llqr_fit(model, input_shape, classes, divergence="ngd"):
     assert any(np.any(b != 1) for b in jax.tree_util.tree_leaves(new))  # the fit moved P
 
 
+@pytest.mark.slow
 def test_llqr_diagonal_fit_small_wide_resnet():
     """The cheapest family to compile here; every family and both divergences run in the slow set."""
     make, input_shape = SMALL["wide_resnet28x10"]

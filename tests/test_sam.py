@@ -381,6 +381,7 @@ RESUME = ["preset=digits-mlp-smoke", "total_epochs=25", "checkpoint_freq=50", "t
           "perturbation_rho_scheduler=step_warmup", "perturbation_rho_scheduler.ratio=0.5"]
 
 
+@pytest.mark.slow  # resume and base_fsam+LLQR are each pinned by golden cells in the default run
 def test_sigterm_mid_run_with_base_fsam_and_llqr_resumes_bit_exactly(tmp_path, data_root):
     # A persistent compilation cache, filled by the reference run, spares the two later processes
     # their compile time; they run the same compiled programs a fresh compile would produce.

@@ -104,6 +104,7 @@ def test_fully_padded_row_no_nan(tiny, fwd):
     assert np.isfinite(np.asarray(out)).all()
 
 
+@pytest.mark.slow
 def test_dropout_only_in_train(tiny, fwd):
     model, variables, src, prev = tiny
     e1, e2 = fwd(variables, src, prev), fwd(variables, src, prev)

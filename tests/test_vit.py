@@ -66,6 +66,7 @@ def test_weight_decay_spares_norms_and_biases():
     assert mask["layers_2"]["cls"] and mask["layers_3"]["pos_embedding"]
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
     model = vit.ViT(num_classes=5, dim=12, depth=1, heads=3, mlp_dim=24, dropout_rate=0.5, attention_dropout_rate=0.5)
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
