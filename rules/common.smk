@@ -12,7 +12,6 @@ from llqr.workflow.cells import preset_base
 from llqr.workflow.resources import DEFAULTS as RESOURCE_DEFAULTS, preset_resources as _preset_resources
 from llqr.workflow.validator import check_workflow
 
-
 # The one validator (llqr/validator.py): the schema (its defaults filled in), every string that can
 # reach a path or a command line, every cell's run config and what its job would refuse; one line
 # naming the offending key, before any job is queued.
@@ -45,9 +44,7 @@ wildcard_constraints:
 def surface_targets(group, required=False):
     names = MATRIX.group(group)
     if required and not names:
-        raise WorkflowError(
-            f"no '{group}' surfaces in the config; add --configfile config/paper.yaml"
-        )
+        raise WorkflowError(f"no '{group}' surfaces in the config; add --configfile config/paper.yaml")
     return [f"{RESULTS}/surfaces/{name}/table.md" for name in names]
 
 
@@ -55,9 +52,7 @@ def cell_of(wildcards):
     try:
         return MATRIX.cells[wildcards.cell]
     except KeyError:
-        raise WorkflowError(
-            f"cell '{wildcards.cell}' is not in any surface of the config"
-        ) from None
+        raise WorkflowError(f"cell '{wildcards.cell}' is not in any surface of the config") from None
 
 
 # --- data inputs of a cell ------------------------------------------------------------
@@ -68,7 +63,7 @@ def data_folder(dataset):
 
 
 def raw_archive(name):
-    """The archive rule fetch_raw puts in {DATA}/<name>/raw/: the loader's own file name where the
+    """The archive that fetch_raw puts in {DATA}/<name>/raw/: the loader's own file name where the
     loader reads the archive itself (mnist, cifar), else data_sources.<name>.file."""
     source = config["data_sources"][name]
     fixed = data_paths.RAW_FILES.get(name)
@@ -95,14 +90,18 @@ def train_inputs(wildcards):
     return config_inputs(cell_of(wildcards).config)
 
 
+def bpe_merges(wildcards):
+    """The joint BPE merge count of a translation corpus (rules/iwslt.smk): its own or the default."""
+    source = config["data_sources"].get(wildcards.corpus, {})
+    return source.get("bpe_merges") or config["iwslt_bpe_merges"]
+
+
 # --- tuning studies (rules/tune.smk) ---------------------------------------------------
 def study_of(wildcards):
     try:
         return MATRIX.studies[wildcards.study]
     except KeyError:
-        raise WorkflowError(
-            f"study '{wildcards.study}' is not defined by any surface's 'tune' block"
-        ) from None
+        raise WorkflowError(f"study '{wildcards.study}' is not defined by any surface's 'tune' block") from None
 
 
 def best_json(study_id):

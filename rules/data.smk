@@ -18,10 +18,10 @@ rule prepare_digits:
 rule prepare_modular:
     output:
         str(data_paths.modular_file(data_folder("mod_sum"), "{p}")),
-    wildcard_constraints:
-        p=r"\d+",
     log:
         "logs/data/prepare_modular_p{p}.log",
+    wildcard_constraints:
+        p=r"\d+",
     localrule: True
     conda:
         CONDA_ENV
@@ -32,17 +32,17 @@ rule prepare_modular:
 rule fetch_raw:
     output:
         str(data_paths.raw_file(data_folder("{dataset}"), "{file}")),
+    log:
+        "logs/data/fetch_{dataset}_{file}.log",
     wildcard_constraints:
         # the archives a loader reads itself, and the raw corpora of the translation chain
         dataset="|".join((*data_paths.RAW_FILES, *TRANSLATION_CORPORA)),
-    params:
-        source=lambda wc: config["data_sources"][wc.dataset],
-    log:
-        "logs/data/fetch_{dataset}_{file}.log",
-    localrule: True
     retries: 0
+    localrule: True
     conda:
         CONDA_ENV
+    params:
+        source=lambda wc: config["data_sources"][wc.dataset],
     script:
         "../workflow_scripts/fetch_raw.py"
 
@@ -50,14 +50,13 @@ rule fetch_raw:
 rule index_imagenet:
     output:
         str(data_paths.imagenet_index(data_folder("imagenet"))),
-    params:
-        source=lambda wc: config["data_sources"].get("imagenet", {}).get("source_dir")
-        or os.environ.get("IMAGENET_DIR"),
     log:
         "logs/data/index_imagenet.log",
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        source=lambda wc: config["data_sources"].get("imagenet", {}).get("source_dir") or os.environ.get("IMAGENET_DIR"),
     script:
         "../workflow_scripts/index_imagenet.py"
 
@@ -70,16 +69,16 @@ rule pack_imagenet:
         str(data_paths.imagenet_index(data_folder("imagenet"))),
     output:
         str(data_paths.imagenet_manifest(data_folder("imagenet"))),
-    params:
-        shard_size_mb=1024,
     log:
         "logs/data/pack_imagenet.log",
+    conda:
+        CONDA_ENV
     threads: 4
     resources:
         cpus_per_task=4,
         mem_mb=4000,
         runtime=480,
-    conda:
-        CONDA_ENV
+    params:
+        shard_size_mb=1024,
     script:
         "../workflow_scripts/pack_imagenet.py"

@@ -11,11 +11,6 @@ IWSLT_ARCHIVE = str(data_paths.translation_archive(IWSLT))
 IWSLT_REPORT = str(data_paths.prep_report(IWSLT))
 
 
-def bpe_merges(wildcards):
-    source = config["data_sources"].get(wildcards.corpus, {})
-    return source.get("bpe_merges") or config["iwslt_bpe_merges"]
-
-
 _SPLIT_FILES = [f"{s}.{lang}" for s in SPLITS for lang in LANGS]
 
 
@@ -24,13 +19,13 @@ rule iwslt_extract:
         lambda wc: raw_archive(wc.corpus),
     output:
         [f"{IWSLT}/extracted/{name}" for name in members()],
-    params:
-        step="extract",
     log:
         "logs/data/{corpus}/iwslt_extract.log",
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        step="extract",
     script:
         "../workflow_scripts/iwslt_prep.py"
 
@@ -43,17 +38,17 @@ rule iwslt_tokenize:
     output:
         train=f"{IWSLT}/tok/train.tags.{{lang}}",
         xml=[f"{IWSLT}/tok/{name}.{{lang}}" for name in XML_SETS],
-    params:
-        step="tokenize",
     log:
         "logs/data/{corpus}/iwslt_tokenize_{lang}.log",
+    conda:
+        CONDA_ENV
     threads: 8
     resources:
         cpus_per_task=8,
         mem_mb=4000,
         runtime=60,
-    conda:
-        CONDA_ENV
+    params:
+        step="tokenize",
     script:
         "../workflow_scripts/iwslt_prep.py"
 
@@ -63,13 +58,13 @@ rule iwslt_clean:
         **{lang: f"{IWSLT}/tok/train.tags.{lang}" for lang in LANGS},
     output:
         **{lang: f"{IWSLT}/clean/train.tags.{lang}" for lang in LANGS},
-    params:
-        step="clean",
     log:
         "logs/data/{corpus}/iwslt_clean.log",
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        step="clean",
     script:
         "../workflow_scripts/iwslt_prep.py"
 
@@ -80,13 +75,13 @@ rule iwslt_split:
         **{f"test_{lang}": [f"{IWSLT}/tok/{name}.{lang}" for name in XML_SETS] for lang in LANGS},
     output:
         [f"{IWSLT}/splits/{name}" for name in _SPLIT_FILES],
-    params:
-        step="split",
     log:
         "logs/data/{corpus}/iwslt_split.log",
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        step="split",
     script:
         "../workflow_scripts/iwslt_prep.py"
 
@@ -96,16 +91,16 @@ rule iwslt_bpe:
         [f"{IWSLT}/splits/{name}" for name in _SPLIT_FILES],
     output:
         [f"{IWSLT}/bpe/{name}" for name in _SPLIT_FILES + ["code"]],
-    params:
-        step="bpe",
-        merges=bpe_merges,
     log:
         "logs/data/{corpus}/iwslt_bpe.log",
+    conda:
+        CONDA_ENV
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        CONDA_ENV
+    params:
+        step="bpe",
+        merges=bpe_merges,
     script:
         "../workflow_scripts/iwslt_prep.py"
 
@@ -122,13 +117,13 @@ rule iwslt_pack:
     output:
         archive=IWSLT_ARCHIVE,
         report=IWSLT_REPORT,
-    params:
-        step="pack",
     log:
         "logs/data/{corpus}/iwslt_pack.log",
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        step="pack",
     script:
         "../workflow_scripts/iwslt_prep.py"
 
@@ -140,12 +135,12 @@ rule iwslt_cache:
         IWSLT_ARCHIVE,
     output:
         [str(data_paths.numeric_cache(IWSLT) / name) for name in cache_files()],
-    params:
-        step="cache",
     log:
         "logs/data/{corpus}/iwslt_cache.log",
     localrule: True
     conda:
         CONDA_ENV
+    params:
+        step="cache",
     script:
         "../workflow_scripts/iwslt_prep.py"
