@@ -160,6 +160,7 @@ def test_beam1_equals_greedy(tiny):
         assert (row[n + 1:] == PAD).all() and (row[:n] != PAD).all()
 
 
+@pytest.mark.slow
 def test_padded_row_harmless(tiny):
     model, variables, src = tiny
     kw = dict(beam_size=3, max_len_a=0.5, max_len_b=4, max_positions=64)

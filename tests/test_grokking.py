@@ -115,6 +115,7 @@ def test_layout_is_the_references_three_controlled_layers():
     assert head["Dense_0"]["kernel"].shape == (512, 97)
 
 
+@pytest.mark.slow
 def test_attention_is_causal():
     block = Block(heads=2, head_dim=4, mlp_dim=16)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 8))

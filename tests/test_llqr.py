@@ -69,8 +69,10 @@ def _setup(model, x_shape, n=6, seed=0):
 CASES = [(TanhMLP(), (4,)), (TinyCNN(), (4, 4, 1))]
 
 
-@pytest.mark.parametrize("divergence", ["newton", "ngd", "reverse_kl"])
-@pytest.mark.parametrize("case", range(len(CASES)), ids=["mlp", "cnn"])
+@pytest.mark.parametrize("divergence,case", [
+    (d, c) if c == 0 or d == "ngd" else pytest.param(d, c, marks=pytest.mark.slow)  # cnn: ngd by default
+    for d in ("newton", "ngd", "reverse_kl") for c in range(len(CASES))],
+    ids=[f"{('mlp', 'cnn')[c]}-{d}" for d in ("newton", "ngd", "reverse_kl") for c in range(len(CASES))])
 def test_lqr_cost_equals_quadratic_model_from_jax_hessian(case, divergence):
     f, params, x, y = _setup(*CASES[case])
     damping = 0.3
@@ -130,8 +132,10 @@ def test_dense_fit_converges_to_the_exact_direction(divergence):
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6, errors
 
 
-@pytest.mark.parametrize("structure", [pytest.param(s, marks=pytest.mark.slow) if s.startswith("psd-") else s
-                                       for s in FAMILIES])  # psd-*: the e-kfac products with d = r² + ε
+# psd-*: the e-kfac products with d = r² + ε; dense/exact/diag-kfac: the products of the kept families
+@pytest.mark.parametrize("structure", [
+    pytest.param(s, marks=pytest.mark.slow) if s.startswith("psd-") or s in ("dense", "exact", "diag-kfac") else s
+    for s in FAMILIES])
 def test_precond_gradient_matches_autodiff_for_every_structure(structure):
     f, params, x, y = _setup(TinyCNN(), (4, 4, 1))
     blocks = init_blocks(structure, params)
@@ -151,7 +155,7 @@ def test_precond_gradient_matches_autodiff_for_every_structure(structure):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.parametrize("chunk", [2, 4, 5])
+@pytest.mark.parametrize("chunk", [2, pytest.param(4, marks=pytest.mark.slow), 5])
 @pytest.mark.parametrize("divergence", [pytest.param("newton", marks=pytest.mark.slow), "ngd"])
 def test_chunked_and_low_memory_routes_equal_the_full_batch(chunk, divergence):
     f, params, x, y = _setup(TinyCNN(), (4, 4, 1), n=8)

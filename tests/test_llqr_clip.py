@@ -57,7 +57,7 @@ def _segments(tree_of_groups):
     return out
 
 
-@pytest.mark.parametrize("divergence", ["ngd", "newton"])
+@pytest.mark.parametrize("divergence", ["ngd", pytest.param("newton", marks=pytest.mark.slow)])
 def test_diagonal_fit_clips_each_controlled_layer_as_one_vector(divergence):
     f, params, x, y = _setup(TanhMLP(), (4,), n=8)
     damping, steps, lr, clip = 0.1, 12, 0.5, 1e-3

@@ -47,6 +47,7 @@ def test_block_skews_are_zero_for_symmetric_blocks_and_measure_asymmetric_ones()
     assert block_skews({"layer": {"kernel": {"d": jnp.ones((4,))}}})["precond_skew_frob"] == 0.0  # diagonal: none
 
 
+@pytest.mark.slow  # the golden llqr-ekfac cell logs the skews at every fit in the default run
 def test_measure_asymmetry_logs_skews_at_every_fit(tmp_path, data_root):
     cell = "k/skew/seed42"
     cfg = resolve("digits-mlp-smoke", {"use_preconditioner": True, "block_structure": "e-kfac", "precond_steps": 3,

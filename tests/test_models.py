@@ -210,8 +210,11 @@ SMALL = {  # the same code paths (projections, forks, pooled/padded shortcuts, d
 }
 
 
-# resnet50's bottlenecks and pyramidnet110's padded shortcuts compile longest: in the slow set
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet50", "pyramidnet110") else n
+# by default resnet18 (projection shortcuts, BN modes); the longer compiles are in the slow set
+SLOW_SMALL = ("resnet50", "pyramidnet110", "vgg16bn", "wide_resnet28x10")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SMALL else n
                                   for n in sorted(SMALL)])
 def test_small_forward_backward_and_batchnorm_modes(name):
     make, input_shape = SMALL[name]

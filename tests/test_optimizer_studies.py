@@ -13,7 +13,7 @@ from llqr.workflow.cells import Cell
 
 @pytest.mark.parametrize("overrides", [
     {"optimizer": "kfac", "learning_rate": 0.001},
-    {"optimizer": "ikfac", "learning_rate": 0.01, "precision": "bf16"},
+    pytest.param({"optimizer": "ikfac", "learning_rate": 0.01, "precision": "bf16"}, marks=pytest.mark.slow),
     {"optimizer": "singd", "learning_rate": 0.01, "singd_structure": "tril_toeplitz", "precision": "bf16"},
 ], ids=["kfac-fp32", "ikfac-bf16", "singd-toeplitz-bf16"])
 def test_kronecker_optimizers_train_through_the_runner(tmp_path, digits_root, overrides):

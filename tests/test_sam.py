@@ -349,6 +349,7 @@ def _checkpointed_state(root, step=None):
     return ocp.StandardCheckpointer().restore(directory / str(step) / "state")
 
 
+@pytest.mark.slow  # the golden base-sam cell starts SAM at step 5 in the default run
 def test_start_sam_after_step_runs_the_plain_llqr_step_and_freezes_buffers(tmp_path, data_root):
     every_ckpt = {"checkpoint_freq": 30, "keep_checkpoints": 3}
     plain, plain_state = _digits_run(tmp_path, data_root, "s/plain/seed42", **SAM_LLQR, **every_ckpt)

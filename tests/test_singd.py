@@ -217,7 +217,8 @@ def test_stage_net_factor_keys_drive_singd():
     assert all(np.isfinite(v).all() for v in jax.tree_util.tree_leaves(kf_upd))
 
 
-@pytest.mark.parametrize("structure,normalize", [("dense", False), ("tril_toeplitz", True)])
+@pytest.mark.parametrize("structure,normalize", [pytest.param("dense", False, marks=pytest.mark.slow),
+                                                ("tril_toeplitz", True)])
 def test_bf16_singd_reduces_loss(structure, normalize):
     rng = np.random.default_rng(5)
     model = MLP(hidden=16, classes=3)

@@ -108,6 +108,7 @@ def test_a_model_that_copies_its_input_scores_bleu_100(data_root):
     assert hyps == refs and corpus_bleu(hyps, refs)["bleu"] == pytest.approx(100.0)
 
 
+@pytest.mark.slow
 def test_padding_does_not_change_the_llqr_problem():
     """Extra left padding of the source, right padding of the target and all-pad rows leave the
     P-fit's gradient and curvature unchanged: pad positions leave the loss and add no curvature."""

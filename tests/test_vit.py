@@ -132,6 +132,7 @@ def tiny_run(tmp_path, root, monkeypatch, preset, **overrides):
     return events
 
 
+@pytest.mark.slow  # ViT-Ti/16 forward, backward and one optimizer step stay in test_study_models
 def test_tiny_vit_run(tmp_path, cifar100_root, monkeypatch):
     """The preset's optimizer, schedule, mask and smoothing; dropout (test_dropout_only_in_training)
     and LLQR off here: on CPU their compiles take ~20 s each (the slow test has both)."""
