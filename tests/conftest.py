@@ -68,3 +68,17 @@ def digits_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits-data")
     digits.prepare(root / "digits" / digits.FILENAME)
     return root
+
+
+# Modules that take longest (measured by .ci/run on 2 cores), scheduled first: pytest-xdist's
+# --dist loadscope hands modules to the workers in collection order, so starting the long ones
+# first keeps both workers busy to the end instead of leaving one running a long module alone.
+LONG_MODULES = ("test_slurm", "test_bad_configs", "test_workflow", "test_optimizer_studies", "test_workflow_tuning",
+                "test_llqr_routes", "test_workflow_cifar", "test_golden", "test_translation", "test_llqr",
+                "test_iwslt_prep", "test_workflow_rerun", "test_fixable", "test_train")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.module.__name__, len(rank)), order[id(item)]))
