@@ -24,6 +24,19 @@ def run_snakemake(args, workdir: Path, env=None, check=True, timeout=600) -> sub
     return proc
 
 
+def slurm_free_env(tmp: Path) -> dict:
+    """The environment for Snakemake subprocesses that must not see SLURM: no SLURM tools on PATH
+    (only the venv, which, sh and bash), so the slurm executor plugin does not probe a controller
+    (about 10 s per start where the tools exist but no controller runs)."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in ("which", "sh", "bash"):
+        found = shutil.which(tool)
+        if found and not (bin_dir / tool).exists():
+            (bin_dir / tool).symlink_to(found)
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{bin_dir}"}
+
+
 def write_yaml(path: Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(obj, sort_keys=False))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, run_snakemake, slurm_free_env
 from llqr.config import ConfigError
 from llqr.workflow.matrix import load_workflow_config
 
@@ -100,17 +99,6 @@ CASES = [
 ]
 
 
-def _env(tmp: Path) -> dict:
-    """The environment of the subprocesses: no SLURM tools on PATH (see the module doc)."""
-    bin_dir = tmp / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    for tool in ("which", "sh", "bash"):
-        found = shutil.which(tool)
-        if found and not (bin_dir / tool).exists():
-            (bin_dir / tool).symlink_to(found)
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{bin_dir}"}
-
-
 def _snakemake(path: Path, env: dict) -> subprocess.CompletedProcess:
     """``snakemake -n --configfile path`` in the config's own folder (its working directory)."""
     return run_snakemake(["-n", "--cores", "1", "--configfile", str(path)], path.parent, env=env, check=False,
@@ -126,7 +114,7 @@ def _plan(path: Path, env: dict) -> subprocess.CompletedProcess:
 def outcomes(tmp_path_factory):
     """{(case, tool): CompletedProcess} for every case through snakemake -n and llqr.plan, concurrently."""
     root = tmp_path_factory.mktemp("bad-configs")
-    env = _env(root)
+    env = slurm_free_env(root)
     jobs = {}
     for i, (case, cfg, _key) in enumerate(CASES):
         path = root / f"case{i:02d}" / "bad.yaml"
@@ -167,7 +155,7 @@ def test_the_valid_base_config_passes_both(tmp_path):
     """The control: the table's base config (no bad value) is accepted by both tools."""
     path = tmp_path / "good.yaml"
     path.write_text(yaml.safe_dump(config()))
-    env = _env(tmp_path)
+    env = slurm_free_env(tmp_path)
     with ThreadPoolExecutor(2) as pool:
         sm, plan = pool.submit(_snakemake, path, env), pool.submit(_plan, path, env)
         sm, plan = sm.result(), plan.result()

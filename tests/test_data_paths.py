@@ -4,15 +4,10 @@ inputs are those files."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, run_snakemake, slurm_free_env
 from llqr.config.families import DATASETS, TRANSLATION_DATASETS
 from llqr.config.fields import RunConfig
 from llqr.data import DataError, load_dataset, paths
@@ -21,17 +16,6 @@ from llqr.data import DataError, load_dataset, paths
 RULES = {"digits": ["prepare_digits"], "mod_sum": ["prepare_modular"], "mnist": ["fetch_raw"],
          "cifar10": ["fetch_raw"], "cifar100": ["fetch_raw"], "imagenet": ["pack_imagenet"],
          **{corpus: ["iwslt_pack", "iwslt_cache"] for corpus in TRANSLATION_DATASETS}}
-
-
-def _env(tmp: Path) -> dict:
-    """No SLURM tools on PATH: the slurm executor plugin would probe the controller (tests/test_bad_configs.py)."""
-    bin_dir = tmp / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    for tool in ("which", "sh", "bash"):
-        found = shutil.which(tool)
-        if found and not (bin_dir / tool).exists():
-            (bin_dir / tool).symlink_to(found)
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{bin_dir}"}
 
 
 def _jobs(stdout: str) -> list[tuple[str, list[str], list[str]]]:
@@ -68,8 +52,9 @@ def dry_run(tmp_path_factory):
     targets = {str(path): dataset for dataset in DATASETS
                for path in paths.prepared_files(dataset, paths.folder("data", dataset), modulus)}
     cells = _cells()
-    proc = run_snakemake(["-n", "--configfile", *map(str, CONFIGS), "--cores", "1", *targets,
-                          *(f"results/cells/{c.id}/summary.json" for c in cells.values())], tmp, env=_env(tmp))
+    summaries = [f"results/cells/{c.id}/summary.json" for c in cells.values()]
+    proc = run_snakemake(["-n", "--configfile", *map(str, CONFIGS), "--cores", "1", *targets, *summaries], tmp,
+                         env=slurm_free_env(tmp))
     return targets, cells, _jobs(proc.stdout)
 
 
@@ -118,7 +103,7 @@ def test_a_data_source_file_name_the_loader_would_not_read_is_refused(tmp_path):
     path.write_text(yaml.safe_dump({"surfaces": {**off, "on_mnist": spec},
                                     "data_sources": {"mnist": {"url": "https://example.invalid/m.npz",
                                                                "file": "other.npz"}}}))
-    proc = run_snakemake(["-n", "--cores", "1", "--configfile", str(path)], tmp_path, env=_env(tmp_path),
+    proc = run_snakemake(["-n", "--cores", "1", "--configfile", str(path)], tmp_path, env=slurm_free_env(tmp_path),
                          check=False)
     assert proc.returncode != 0
     assert "data_sources.mnist.file" in proc.stdout + proc.stderr and paths.MNIST in proc.stdout + proc.stderr
