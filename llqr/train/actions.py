@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from typing import NamedTuple, Protocol
 
+import jax
+
 from ..optim import block_skews, block_stats, get_blocks, set_blocks
 from .evaluators import periodic
 from .progress import fmt_eta
@@ -138,8 +140,6 @@ class LogTrain:
         return periodic(step, self.cfg.logging_freq, self.total) or step % self.report_every == 0
 
     def __call__(self, run, step: int) -> None:
-        import jax
-
         run.pending.check()
         run.timer.sync(step)
         loss = float(run.loss)

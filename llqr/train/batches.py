@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from .noise import NoiseWeights
@@ -23,8 +24,6 @@ class Batch(NamedTuple):
 
 
 def stack(trees):
-    import jax
-
     return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *trees)
 
 

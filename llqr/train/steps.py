@@ -160,7 +160,7 @@ def sam_step(fwd: Forward, rule: UpdateRule, state: TrainState, batch: Batch, rh
     return new, loss
 
 
-def kronecker_refresh(fwd: Forward, rule: UpdateRule, state: TrainState, batch: Batch):
+def kronecker_refresh(fwd: Forward, state: TrainState, batch: Batch):
     """The Kronecker optimizers' refresh: factors A, G captured on the step's first micro-batch
     (with the dropout key that step will use), handed to the transformation's refresh."""
     _, key = jax.random.split(state.dropout_key)
@@ -209,7 +209,7 @@ def make_steps(model, tx, main_tx, cfg, pad: int | None = None) -> Steps:
     return Steps(
         train=jax.jit(bind(train_step, fwd, rule), donate_argnums=0),
         sam=jax.jit(bind(sam_step, fwd, rule), donate_argnums=0) if cfg.sam_mode is not None else None,
-        refresh_factors=jax.jit(bind(kronecker_refresh, fwd, rule), donate_argnums=0),
+        refresh_factors=jax.jit(bind(kronecker_refresh, fwd), donate_argnums=0),
         eval_sums=jax.jit(bind(eval_sums, fwd)),
         train_accuracy=jax.jit(bind(train_accuracy, fwd)),
         llqr_fit=make_llqr_fit(bind(fit_log_probs, fwd), cfg, ignore_index=pad, layer_of=layer_of(cfg.model)),
