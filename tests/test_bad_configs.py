@@ -11,7 +11,8 @@ their PATH holds only the venv and ``which``/``sh``/``bash``.
 from __future__ import annotations
 
 import copy
-import os
+import json
+import re
 import subprocess
 import sys
 import time
@@ -99,36 +100,51 @@ CASES = [
 ]
 
 
+def _snakemake_argv(path: Path) -> list[str]:
+    """``snakemake -n`` on the config, in the config's own folder (its working directory)."""
+    return ["--snakefile", str(REPO / "Snakefile"), "--directory", str(path.parent), "-n", "--cores", "1",
+            "--configfile", str(path)]
+
+
+def _plan_argv(path: Path) -> list[str]:
+    return ["--summary", "--configfile", str(path)]
+
+
 def _snakemake(path: Path, env: dict) -> subprocess.CompletedProcess:
-    """``snakemake -n --configfile path`` in the config's own folder (its working directory)."""
-    return run_snakemake(["-n", "--cores", "1", "--configfile", str(path)], path.parent, env=env, check=False,
-                         timeout=300)
+    return run_snakemake(_snakemake_argv(path)[4:], path.parent, env=env, check=False, timeout=300)
 
 
 def _plan(path: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llqr.plan", "--summary", "--configfile", str(path)],
+    return subprocess.run([sys.executable, "-m", "llqr.plan", *_plan_argv(path)],
                           capture_output=True, text=True, env=env, cwd=path.parent, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """{(case, tool): CompletedProcess} for every case through snakemake -n and llqr.plan, concurrently."""
+    """{(case, tool): CompletedProcess} for every case through snakemake -n and llqr.plan: the same
+    entry points and argv as separate processes, forked from one process that imported them once
+    (tests/forked_cli.py; test_a_forked_refusal_is_the_separate_process_refusal checks they agree)."""
     root = tmp_path_factory.mktemp("bad-configs")
     env = slurm_free_env(root)
-    jobs = {}
+    keys, jobs = [], []
     for i, (case, cfg, _key) in enumerate(CASES):
         path = root / f"case{i:02d}" / "bad.yaml"
         path.parent.mkdir()
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        jobs[(case, "snakemake")] = (_snakemake, path)
-        jobs[(case, "plan")] = (_plan, path)
+        for tool, argv in (("snakemake", _snakemake_argv(path)), ("plan", _plan_argv(path))):
+            keys.append((case, tool))
+            jobs.append({"tool": tool, "argv": argv, "cwd": str(path.parent),
+                         "out": str(path.parent / f"{tool}.out"), "err": str(path.parent / f"{tool}.err")})
+    (root / "jobs.json").write_text(json.dumps(jobs))
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(4, 2 * (os.cpu_count() or 2))) as pool:
-        futures = {job: pool.submit(fn, path, env) for job, (fn, path) in jobs.items()}
-        results = {job: f.result() for job, f in futures.items()}
+    subprocess.run([sys.executable, str(REPO / "tests" / "forked_cli.py"), str(root / "jobs.json"),
+                    str(root / "codes.json"), "2"], env=env, check=True, timeout=600)
+    codes = json.loads((root / "codes.json").read_text())
     print(f"\n{len(jobs)} refusals ({len(CASES)} configs x snakemake -n, llqr.plan) in "
           f"{time.perf_counter() - start:.1f} s")
-    return results
+    return {key: subprocess.CompletedProcess(job["argv"], code, Path(job["out"]).read_text(),
+                                             Path(job["err"]).read_text())
+            for key, job, code in zip(keys, jobs, codes, strict=True)}
 
 
 def test_the_table_is_large_and_every_case_is_distinct():
@@ -161,6 +177,28 @@ def test_the_valid_base_config_passes_both(tmp_path):
         sm, plan = sm.result(), plan.result()
     assert sm.returncode == 0, sm.stdout + sm.stderr
     assert plan.returncode == 0 and "bad (demo): 1 cells" in plan.stdout, plan.stdout + plan.stderr
+
+
+def test_a_forked_refusal_is_the_separate_process_refusal(outcomes, tmp_path):
+    """The fixture's forked invocations behave as separate processes: one case run both ways gives the
+    same exit status and the same error text."""
+    case, cfg, _key = CASES[0]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = slurm_free_env(tmp_path)
+    with ThreadPoolExecutor(2) as pool:
+        sm, plan = pool.submit(_snakemake, path, env), pool.submit(_plan, path, env)
+        separate = {"snakemake": sm.result(), "plan": plan.result()}
+    for tool, proc in separate.items():
+        forked = outcomes[(case, tool)]
+        assert proc.returncode == forked.returncode != 0, tool
+        assert _error_lines(proc.stdout + proc.stderr) == _error_lines(forked.stdout + forked.stderr), tool
+
+
+def _error_lines(text: str) -> list[str]:
+    """The lines naming the error, with paths (the config's folder differs between the runs) elided."""
+    lines = [ln for ln in text.splitlines() if "error" in ln.lower() or "invalid" in ln.lower()]
+    return [re.sub(r"/[^\s'\"]+", "<path>", ln) for ln in lines]
 
 
 # --- one validator, JAX-free, also behind the training CLI -----------------------------------------------------

@@ -339,7 +339,8 @@ class WideInputMLP(nn.Module):
 @pytest.mark.parametrize("route", [
     pytest.param({"llqr_batch_update_mode": "chunked_lqr_segment", "llqr_batch_update_chunk_size": 64},
                  marks=pytest.mark.slow),
-    {"llqr_second_order_mode": "sample_separable_exact", "llqr_second_order_chunk_size": 64},
+    pytest.param({"llqr_second_order_mode": "sample_separable_exact", "llqr_second_order_chunk_size": 64},
+                 marks=pytest.mark.slow),
 ], ids=["chunked_lqr_segment", "sample_separable_exact"])
 def test_chunked_fit_memory_follows_the_chunk_not_the_batch(route):
     """Structural: the compiled fit's temporaries at chunks of 1/8 of the batch are well below the
@@ -360,6 +361,7 @@ def test_chunked_fit_memory_follows_the_chunk_not_the_batch(route):
     assert temp_bytes(route) < 0.35 * whole
 
 
+@pytest.mark.slow  # a memory property of the compiled fit (13 s of compiles); the routes' values are in the default run
 def test_lowmem_full_rematerialises_the_network_inside_each_product():
     """Structural: lowmem_exact_full keeps fewer intermediates than lowmem_exact_k (same P: see
     tests/test_llqr_routes.py), so its compiled fit needs less temporary memory."""

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 # Flags for a cluster without slurmdbd (no sacct) and without accounts: see docs/cluster.md,
 # "Clusters without slurmdbd".
 NO_DB_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks",
-               "2", "--slurm-keep-successful-logs"]
+               "2", "--seconds-between-status-checks", "1", "--slurm-keep-successful-logs"]
 
 
 def _cluster_problem() -> str | None:
