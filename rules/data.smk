@@ -1,5 +1,6 @@
 # Dataset preparation: each step a declared output, done once and shared by every cell. The
 # outputs' names come from llqr/data/paths.py (data_paths), where the loaders look for them too.
+from llqr.data.sources import svhn_source
 
 
 rule prepare_digits:
@@ -43,6 +44,25 @@ rule fetch_raw:
         CONDA_ENV
     params:
         source=lambda wc: config["data_sources"][wc.dataset],
+    script:
+        "../workflow_scripts/fetch_raw.py"
+
+
+# SVHN's two official MATLAB files (train, test), each checked against its md5: the sources are
+# llqr/data/sources.py's unless data_sources.svhn moves them (url: a base address, local: a folder).
+rule fetch_svhn:
+    output:
+        str(data_paths.svhn_file(data_folder("svhn"), "{split}")),
+    log:
+        "logs/data/fetch_svhn_{split}.log",
+    wildcard_constraints:
+        split="|".join(data_paths.SVHN_SPLITS),
+    retries: 0
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        source=lambda wc: svhn_source(wc.split, config["data_sources"].get("svhn")),
     script:
         "../workflow_scripts/fetch_raw.py"
 

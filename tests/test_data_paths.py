@@ -14,7 +14,7 @@ from llqr.data import DataError, load_dataset, paths
 
 # the rule that writes each prepared file (rules/data.smk, rules/iwslt.smk)
 RULES = {"digits": ["prepare_digits"], "mod_sum": ["prepare_modular"], "mnist": ["fetch_raw"],
-         "cifar10": ["fetch_raw"], "cifar100": ["fetch_raw"], "imagenet": ["pack_imagenet"],
+         "cifar10": ["fetch_raw"], "cifar100": ["fetch_raw"], "svhn": ["fetch_svhn"] * 2, "imagenet": ["pack_imagenet"],
          **{corpus: ["iwslt_pack", "iwslt_cache"] for corpus in TRANSLATION_DATASETS}}
 
 

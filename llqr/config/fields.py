@@ -24,12 +24,14 @@ from .families import (
     BASE_SAM_MODES,
     BLOCK_STRUCTURES,
     CROP_MODES,
+    CROP_PADDINGS,
     DATASETS,
     DIVERGENCES,
     KRONECKER_OPTIMIZERS,
     MODELS,
     MODULAR_DATASETS,
     NORM_MODES,
+    NORMALIZATIONS,
     OPTIMIZERS,
     PERTURB_MODES,
     PRECOND_SOLVERS,
@@ -43,6 +45,7 @@ _LLQR = {"use_preconditioner": (True,)}  # read only while the preconditioner is
 _SAM = {"sam_mode": NOT_NULL}  # read only with a SAM mode
 _TRANSFORMER = {"model": ("transformer_iwslt",)}
 _TRANSLATION = {"dataset": TRANSLATION_DATASETS}
+_CIFAR = {"dataset": ("cifar10", "cifar100")}  # read only by the CIFAR loader (llqr/data/cifar.py)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ class RunConfig:
                                      "sets it): the first component of the cell id.")
     model: str = opt("mlp", "str", choices=MODELS,
                      doc="Architecture (llqr/models). It must suit the dataset: transformer_iwslt the translation "
-                         "corpora, grok_transformer mod_sum, and vgg16bn, vgg16, vgg19, wide_resnet28x10 and "
+                         "corpora, grok_transformer mod_sum, and vgg16bn, vgg16, vgg19, svag_vgg16, svag_vgg19, "
+                         "wide_resnet28x10 and "
                          "pyramidnet110 images of at least 32x32 (not digits or mnist).")
     mlp_hidden: list = opt([100, 300], "list[int]", read_when={"model": ("mlp", "si_mlp")},
                            doc="Hidden widths of the MLP (ours; reference: 100, 300); si_mlp needs at least one.")
@@ -71,9 +75,23 @@ class RunConfig:
     train_fraction: float = opt(1.0, "float", gt=0, maximum=1.0, params_at_default=False,
                                 doc="Ours: train on a fixed random subset of this fraction of the train split "
                                     "(seeded by data_seed; the HyperbolicLR study's SimpleCNN uses 10% of CIFAR-10); "
-                                    "in-memory datasets only (digits, mnist, cifar10, cifar100).")
+                                    "in-memory datasets only (digits, mnist, cifar10, cifar100, svhn).")
     crop_mode: str = opt("batch", "str", choices=CROP_MODES, read_when={"dataset": ("cifar10", "cifar100")},
                          doc="CIFAR random crop: one offset per batch (the reference) or per image.")
+    augment: bool = opt(True, "bool", read_when=_CIFAR, params_at_default=False,
+                        doc="Ours: CIFAR training augmentation (crop, flip, Cutout); false = the normalised "
+                            "originals, as the SVAG study's noisy-GD runs (crop_mode, crop_padding and cutout are "
+                            "then unused). svhn is never augmented (the study's SVHN module).")
+    crop_padding: str = opt("reflect", "str", choices=CROP_PADDINGS, read_when=_CIFAR, params_at_default=False,
+                            doc="Ours: what the CIFAR random crop pads the 4-pixel border with: reflect (the "
+                                "reference) or zero (torchvision's RandomCrop, the SVAG study).")
+    cutout: bool = opt(True, "bool", read_when=_CIFAR, params_at_default=False,
+                       doc="Ours: the reference's 16x16 Cutout (p = 1/2) after crop and flip; false = none (the "
+                           "SVAG study).")
+    normalization: str = opt("reference", "str", choices=NORMALIZATIONS, read_when=_CIFAR, params_at_default=False,
+                             doc="Ours: CIFAR mean/std: reference = the LLQR reference's per dataset; svag = the SVAG "
+                                 "study's mean (0.4914, 0.4822, 0.4465) and std (0.2023, 0.1994, 0.2010), for "
+                                 "cifar100 too. svhn always uses the study's mean = std = 0.5.")
     modulus: int = opt(97, "int", minimum=2, read_when={"dataset": MODULAR_DATASETS},
                        doc="p of the modular-arithmetic data (reference: 97; smaller ones are ours, for the demo): "
                            "also grok_transformer's number of classes.")
@@ -81,10 +99,14 @@ class RunConfig:
                               doc="Model dropout where the model has it: mlp, wide_resnet28x10, vit_ti16 (all four "
                                   "of its dropouts) and transformer_iwslt. vgg16bn's two dropouts are fixed at the "
                                   "reference's 0.5 (a non-zero value is refused); the other models have none.")
-    norm: str = opt("bn", "str", choices=("bn", "gn", "none"), read_when={"model": ("preresnet32", "vgg16", "vgg19")},
-                    doc="Ours: normalisation of preresnet32 (bn or gn) and vgg16/vgg19 (bn, gn or none).")
-    width: int = opt(1, "int", gt=0, read_when={"model": ("preresnet32",)},
-                     doc="Ours: preresnet32 width multiplier (4 = the SVAG study's PRN32-4x).")
+    norm: str = opt("bn", "str", choices=("bn", "gn", "none"),
+                    read_when={"model": ("preresnet32", "vgg16", "vgg19", "svag_preresnet32", "svag_vgg16",
+                                         "svag_vgg19")},
+                    doc="Ours: normalisation of preresnet32 (bn or gn), vgg16/vgg19 and the SVAG study's own "
+                        "svag_preresnet32, svag_vgg16, svag_vgg19 (bn, gn or none; theirs is affine-free with "
+                        "eps 0 and GroupNorm(8)).")
+    width: int = opt(1, "int", gt=0, read_when={"model": ("preresnet32", "svag_preresnet32")},
+                     doc="Ours: preresnet32 and svag_preresnet32 width multiplier (4 = the SVAG study's PRN32-4x).")
     scale_invariant: bool = opt(False, "bool", read_when={"model": ("preresnet32",)},
                                 doc="Ours: preresnet32 with non-affine norms after every conv and a fixed head.")
     # transformer_iwslt sizes (reference: fairseq transformer_iwslt_de_en); smaller ones are ours, for the demo
@@ -169,11 +191,35 @@ class RunConfig:
     noisy_gd_examples: int = opt(None, "int", gt=0, nullable=True, read_when={"noise": ("noisy_gd",)},
                                  doc="Noisy gradient descent: the fixed subset size N (null = the whole train split; "
                                      "at most the train split).")
+    noisy_gd_chunk: int = opt(None, "int", gt=0, nullable=True, read_when={"noise": ("noisy_gd",)},
+                              params_at_default=False,
+                              doc="Ours: noisy GD accumulates the step's weighted gradient over chunks of this many "
+                                  "subset examples (one set of weights per step; memory bounded by the chunk; with "
+                                  "data_parallel each chunk is sharded). Must divide the subset; not with BatchNorm "
+                                  "models (per-chunk batch statistics). null = the whole subset in one pass.")
     noise_stats_from_epoch: float = opt(None, "float", minimum=0.0, nullable=True, params_at_default=False,
                                         doc="Ours: log G_t=|∇L|² and the minibatch noise trace N_t at evaluations "
                                             "from this epoch on (not for translation); null = off.")
+    noise_stats_to_epoch: float = opt(None, "float", gt=0.0, nullable=True, params_at_default=False,
+                                      doc="Ours: end of the averaging window [noise_stats_from_epoch, this epoch): the "
+                                          "summary's noise_G, noise_N are the means of the measurements in it and "
+                                          "noise_ratio = mean N/(B·mean G) (the SVAG study averages epochs 200-250); "
+                                          "null = the summary holds the final measurement.")
     noise_stats_batches: int = opt(16, "int", minimum=2, params_at_default=False,
                                    doc="Ours: M minibatch gradients per noise estimate (noise_stats_from_epoch).")
+    noise_stats_every: float = opt(None, "float", gt=0.0, nullable=True, params_at_default=False,
+                                   doc="Ours: measure the noise statistics at the first step of every this many "
+                                       "epochs (from noise_stats_from_epoch; the SVAG study: 1, at each epoch's "
+                                       "start), in 'noise' events of metrics.jsonl; null = at evaluations.")
+    noise_stats_examples: int = opt(None, "int", gt=0, nullable=True, params_at_default=False,
+                                    doc="At least this many examples per noise estimate: M = max(noise_stats_batches, "
+                                        "noise_stats_examples // batch_size) (the SVAG study: 200 and 12800); null = "
+                                        "noise_stats_batches.")
+    noise_stats_full_grad_examples: int = opt(4096, "int", minimum=0, params_at_default=False,
+                                              doc="Ours: G_t from a large-sample gradient over a fixed subset of this "
+                                                  "many training examples (at most the split); 0 = from the M "
+                                                  "minibatch gradients themselves, bias-corrected (the SVAG study's "
+                                                  "estimator).")
     data_parallel: bool = opt(False, "bool", params_at_default=False,
                               doc="Ours: shard each batch over all local devices (the job's GPUs), state replicated; "
                                   "batch_size and precond_batch_size must divide by the preset's gpu count. Not "
@@ -199,6 +245,11 @@ class RunConfig:
     logging_freq: int = opt(50, "int", gt=0,
                             doc="Loop steps between train events (loss and accuracy of the step's last micro-batch) "
                                 "in metrics.jsonl.")
+    log_step_accuracy: bool = opt(False, "bool", params_at_default=False,
+                                  doc="Ours: train events also carry step_accuracy, the mean over the steps since the "
+                                      "previous train event of each step's training-mode accuracy (%) on its own "
+                                      "batch before the update (the SVAG study's per-step accuracy/train, which it "
+                                      "smooths over 100-step intervals), and step_accuracy_steps, their count.")
     report_freq: int = opt(None, "int", gt=0, nullable=True, bookkeeping=True,
                            doc="Console progress period; null = logging_freq.")
     checkpoint_freq: int = opt(1000, "int", gt=0, bookkeeping=True,

@@ -11,16 +11,17 @@ from .fields import FIELDS
 from .keyspec import field_default
 
 # Models that pool a 32x32 image down to nothing before their head: not for digits (8x8) or mnist (28x28).
-LARGE_IMAGE_MODELS = ("vgg16bn", "vgg16", "vgg19", "wide_resnet28x10", "pyramidnet110")
+LARGE_IMAGE_MODELS = ("vgg16bn", "vgg16", "vgg19", "wide_resnet28x10", "pyramidnet110", "svag_vgg16", "svag_vgg19")
 SMALL_IMAGE_DATASETS = {"digits": "8x8", "mnist": "28x28"}
 # Flattened input size and classes of the image datasets (the loaders' (H, W, C) and labels).
 _INPUT_SIZE = {"digits": 8 * 8, "mnist": 28 * 28, "cifar10": 32 * 32 * 3, "cifar100": 32 * 32 * 3,
-               "imagenet": 224 * 224 * 3}
+               "svhn": 32 * 32 * 3, "imagenet": 224 * 224 * 3}
 _CLASSES = {"cifar100": 100, "imagenet": 1000}
 # Image models with far more than EXACT_MAX_PARAMS parameters at every size the config allows (the
 # smallest, simple_cnn on digits, has 133,354).
 _LARGE_MODELS = ("resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "preresnet32", "vgg16",
-                 "vgg19", "simple_cnn", "simple_vit", "vit_ti16")
+                 "vgg19", "simple_cnn", "simple_vit", "vit_ti16", "svag_preresnet32", "svag_vgg16", "svag_vgg19",
+                 "resnet32")
 
 
 def _mlp_params(cfg: dict) -> int | None:
@@ -97,17 +98,26 @@ def check_runnable(cfg, devices: int | None = None) -> None:
                               f"dense, e-kfac or diagonal)")
     _check_model(cfg)
     if cfg["data_parallel"] and devices and devices > 1:
-        for key in ("batch_size", "precond_batch_size") if llqr else ("batch_size",):
-            if cfg[key] % devices:
+        for key in _sharded_sizes(cfg):
+            if cfg[key] is not None and cfg[key] % devices:
                 raise ConfigError(f"data_parallel: {key}={cfg[key]} does not split evenly over the job's {devices} "
                                   f"GPUs; use a multiple of {devices} or data_parallel=false")
+
+
+def _sharded_sizes(cfg) -> tuple[str, ...]:
+    """The keys whose batches data_parallel splits over the devices: noisy GD shards its chunk of the
+    fixed subset (the whole subset without one), other runs their minibatch and P-fit batch."""
+    if cfg["noise"] == "noisy_gd":
+        return ("noisy_gd_chunk",) if cfg["noisy_gd_chunk"] is not None else ("noisy_gd_examples",)
+    return ("batch_size", "precond_batch_size") if cfg["use_preconditioner"] else ("batch_size",)
 
 
 def _check_model(cfg: dict) -> None:
     """What llqr.models.build_model and the models refuse for the config's model and dataset."""
     model, dataset = cfg["model"], cfg["dataset"]
     if model in LARGE_IMAGE_MODELS and dataset in SMALL_IMAGE_DATASETS:
-        raise ConfigError(f"model={model} needs images of at least 32x32 (cifar10, cifar100, imagenet); "
+        raise ConfigError(f"model={model} needs images of at least 32x32 (cifar10, cifar100, svhn, "
+                          f"imagenet); "
                           f"dataset={dataset} has {SMALL_IMAGE_DATASETS[dataset]} images")
     if model == "vgg16bn" and cfg["dropout_rate"]:
         raise ConfigError(f"dropout_rate={cfg['dropout_rate']}: vgg16bn's two dropouts are fixed at the "

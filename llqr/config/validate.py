@@ -9,7 +9,14 @@ from __future__ import annotations
 import math
 
 from .errors import ConfigError, suggest
-from .families import IN_MEMORY_DATASETS, KRONECKER_OPTIMIZERS, MODULAR_DATASETS, TRANSLATION_DATASETS
+from .families import (
+    BATCHNORM_MODELS,
+    IN_MEMORY_DATASETS,
+    KRONECKER_OPTIMIZERS,
+    MODULAR_DATASETS,
+    NORM_KEY_MODELS,
+    TRANSLATION_DATASETS,
+)
 from .fields import FIELDS
 from .runnable import check_runnable  # noqa: F401 (importable from here, as before)
 from .safety import (  # noqa: F401 (importable from here, as before)
@@ -185,11 +192,19 @@ def _check_schedule(key, sched):
     for param in ("power", "upper_bound", "step_size", "div_factor", "final_div_factor"):
         if sched.get(param) is not None and sched[param] <= 0:
             raise _bad(f"{key}.{param}", sched[param], "must be > 0")
+    if sched["name"] == "svag_triangle" and (not sched["heights"] or min(sched["heights"]) <= 0):
+        raise _bad(f"{key}.heights", sched["heights"], "must be a non-empty list of positive numbers")
 
 
 def check_budget_schedule(cfg: dict) -> None:
-    """HyperbolicLR's preconditions, with the keys a user edits: U >= N and eta_min < lr."""
+    """HyperbolicLR's preconditions, with the keys a user edits: U >= N and eta_min < lr; the SVAG
+    triangle's whole cycles."""
     sched = cfg["lr_scheduler"]
+    if sched["name"] == "svag_triangle":
+        cycles, n = len(sched["heights"]), cfg["total_epochs"]
+        if n != int(n) or int(n) % (2 * cycles):
+            raise ConfigError(f"total_epochs={n:g} with lr_scheduler svag_triangle of {cycles} cycles: the epoch "
+                              f"budget must be a whole multiple of 2 x {cycles} (the study asserts it)")
     if sched["name"] not in HYPERBOLIC_FAMILIES:
         return
     if sched["upper_bound"] < cfg["total_epochs"]:
@@ -203,13 +218,14 @@ def check_budget_schedule(cfg: dict) -> None:
 def check_combinations(cfg: dict) -> None:
     """Cross-key rules that the reference enforces (or that would silently misbehave)."""
     check_budget_schedule(cfg)
-    if cfg.get("data_parallel") and (cfg["dataset"] in TRANSLATION_DATASETS or cfg["noise"] != "minibatch"
+    if cfg.get("data_parallel") and (cfg["dataset"] in TRANSLATION_DATASETS or cfg["noise"] == "svag"
                                      or cfg["optimizer"] in KRONECKER_OPTIMIZERS):
-        raise ConfigError("data_parallel=true shards image or digits batches of the plain, SAM and LLQR steps; it "
-                          "is not available for translation, noise studies or Kronecker optimizers")
+        raise ConfigError("data_parallel=true shards image or digits batches of the plain, SAM, LLQR and noisy-GD "
+                          "steps; it is not available for translation, SVAG or Kronecker optimizers")
+    check_noise_study(cfg)
     if cfg.get("train_fraction", 1.0) < 1.0 and cfg["dataset"] not in IN_MEMORY_DATASETS:
-        raise ConfigError(f"train_fraction={cfg['train_fraction']} subsets in-memory datasets only (digits, cifar10, "
-                          f"cifar100), not {cfg['dataset']}")
+        raise ConfigError(f"train_fraction={cfg['train_fraction']} subsets in-memory datasets only "
+                          f"({', '.join(IN_MEMORY_DATASETS)}), not {cfg['dataset']}")
     sam = cfg["sam_mode"]
     if cfg["noise"] != "minibatch":
         if cfg["optimizer"] not in ("sgd", "polyak") or cfg["use_preconditioner"] or sam is not None:
@@ -265,6 +281,35 @@ def check_combinations(cfg: dict) -> None:
     if translation and cfg["grad_acc_steps"] != 1:
         raise ConfigError("translation batches differ in shape, so grad_acc_steps must be 1 with a translation dataset")
     check_modular(cfg)
+
+
+def uses_batchnorm(cfg: dict) -> bool:
+    """Whether the config's model normalises with BatchNorm batch statistics in training mode."""
+    return cfg["model"] in BATCHNORM_MODELS or (cfg["model"] in NORM_KEY_MODELS and cfg["norm"] == "bn")
+
+
+def check_noise_study(cfg: dict) -> None:
+    """The noisy-GD chunking and the noise-statistics window."""
+    chunk, n = cfg.get("noisy_gd_chunk"), cfg.get("noisy_gd_examples")
+    if cfg["noise"] == "noisy_gd" and chunk is not None:
+        if n is not None and n % chunk:
+            raise ConfigError(f"noisy_gd_chunk={chunk} must divide noisy_gd_examples={n}: every chunk of the fixed "
+                              f"subset has the same size (e.g. {_divisor_near(n, chunk)})")
+        if uses_batchnorm(cfg) and chunk != n:
+            raise ConfigError(f"noisy_gd_chunk={chunk} with model={cfg['model']} (BatchNorm): each chunk would be "
+                              f"normalised with its own batch statistics, so the chunked step would not be the "
+                              f"whole-subset step. Use a GroupNorm model (norm=gn, as the SVAG study's noisy-GD runs) "
+                              f"or noisy_gd_chunk=null")
+    start, end = cfg.get("noise_stats_from_epoch"), cfg.get("noise_stats_to_epoch")
+    if end is not None and (start is None or end <= start):
+        raise ConfigError(f"noise_stats_to_epoch={end} ends the window that starts at noise_stats_from_epoch="
+                          f"{start}: set noise_stats_from_epoch below it")
+
+
+def _divisor_near(n: int, chunk: int) -> int:
+    """The divisor of n closest to chunk (a suggestion)."""
+    divisors = [d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0]
+    return min({*divisors, *(n // d for d in divisors)}, key=lambda d: (abs(d - chunk), d))
 
 
 def check_modular(cfg: dict) -> None:

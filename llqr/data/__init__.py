@@ -61,7 +61,13 @@ def _load_full(cfg, data_root, prepare_missing):
     if cfg.dataset in ("cifar10", "cifar100"):
         from . import cifar
 
-        return cifar.load(directory, cfg.dataset, seed=cfg.data_seed, crop_mode=cfg.crop_mode)
+        return cifar.load(directory, cfg.dataset, seed=cfg.data_seed, crop_mode=cfg.crop_mode,
+                          padding=cfg.crop_padding, use_cutout=cfg.cutout, augment=cfg.augment,
+                          normalization_name=cfg.normalization)
+    if cfg.dataset == "svhn":
+        from . import svhn
+
+        return svhn.load(directory)
     if cfg.dataset == "imagenet":
         from . import imagenet
 

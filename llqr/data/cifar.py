@@ -4,7 +4,8 @@ A record is the label byte(s) then 3072 bytes of the image in CHW order: CIFAR-1
 label byte, CIFAR-100 a coarse and a fine byte (the fine label is the class). The loader reads
 ``cifar-10-binary.tar.gz`` / ``cifar-100-binary.tar.gz`` (as fetched by the workflow) or the
 folder it extracts to, keeps the training images as uint8 (augmented and normalised batch by
-batch) and the test images normalised.
+batch) and the test images normalised. The normalisation is the LLQR reference's per-dataset
+mean/std or the SVAG study's, which uses CIFAR-10's mean with its own std for CIFAR-100 too.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from ..config.families import NORMALIZATIONS
 from . import paths
 from .arrays import ArrayDataset
 from .augment import batch_rng, cifar_train_augment
@@ -44,6 +47,22 @@ SPECS = {
     "cifar100": CifarSpec(paths.CIFAR_ARCHIVES["cifar100"], "cifar-100-binary", ("train.bin",), ("test.bin",), 2, 1,
                           100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
+
+
+class Stats(NamedTuple):
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+# The SVAG study's CIFAR-10 and CIFAR-100 modules share these (its std is not CIFAR-10's pixel std).
+SVAG_STATS = Stats((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+
+
+def normalization(spec: CifarSpec, name: str = "reference") -> Stats:
+    """The mean/std that config ``normalization=name`` uses for the dataset of ``spec``."""
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {name!r}")
+    return Stats(spec.mean, spec.std) if name == "reference" else SVAG_STATS
 
 
 def parse_records(buf: bytes, spec: CifarSpec, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -94,14 +113,19 @@ def find_source(directory: Path, spec: CifarSpec) -> Path:
         f"{directory / spec.folder}/")
 
 
-def normalize(images: np.ndarray, spec: CifarSpec) -> np.ndarray:
-    mean = np.asarray(spec.mean, np.float32)
-    std = np.asarray(spec.std, np.float32)
+def normalize(images: np.ndarray, stats: CifarSpec | Stats) -> np.ndarray:
+    """uint8 pixels -> (x / 255 - mean) / std with ``stats``' mean and std."""
+    mean = np.asarray(stats.mean, np.float32)
+    std = np.asarray(stats.std, np.float32)
     return (images.astype(np.float32) / 255.0 - mean) / std
 
 
-def load(directory: Path, name: str, seed: int = 0, crop_mode: str = "batch") -> ArrayDataset:
+def load(directory: Path, name: str, seed: int = 0, crop_mode: str = "batch", padding: str = "reflect",
+         use_cutout: bool = True, augment: bool = True, normalization_name: str = "reference") -> ArrayDataset:
+    """The dataset; training batch k is augmented from ``batch_rng(seed, k)`` (crop with
+    ``crop_mode``/``padding``, flip, Cutout if ``use_cutout``), or only normalised if not ``augment``."""
     spec = SPECS[name]
+    stats = normalization(spec, normalization_name)
     source = find_source(Path(directory), spec)
     members = _read_members(source, spec)
     splits = {}
@@ -109,16 +133,19 @@ def load(directory: Path, name: str, seed: int = 0, crop_mode: str = "batch") ->
         parts = [parse_records(members[f"{spec.folder}/{f}"], spec, f"{source}:{f}") for f in files]
         splits[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
-    def augment(images: np.ndarray, batch_number: int) -> np.ndarray:
-        return normalize(cifar_train_augment(images, batch_rng(seed, batch_number), crop_mode), spec)
+    def train_inputs(images: np.ndarray, batch_number: int) -> np.ndarray:
+        if not augment:
+            return normalize(images, stats)
+        rng = batch_rng(seed, batch_number)
+        return normalize(cifar_train_augment(images, rng, crop_mode, padding=padding, use_cutout=use_cutout), stats)
 
     return ArrayDataset(
         name=name,
         path=str(source),
         x_train=splits["train"][0],
         y_train=splits["train"][1],
-        x_test=normalize(splits["test"][0], spec),
+        x_test=normalize(splits["test"][0], stats),
         y_test=splits["test"][1],
         num_classes=spec.classes,
-        augment=augment,
+        augment=train_inputs,
     )

@@ -1,6 +1,6 @@
 """Where each dataset's prepared files lie in its folder: the one definition the workflow's rules
 (rules/data.smk, rules/iwslt.smk, rules/common.smk's train inputs) and the loaders (digits, mnist,
-cifar, modular, iwslt, imagenet) both use, so a rule's outputs are exactly what its loader reads.
+cifar, svhn, modular, iwslt, imagenet) both use, so a rule's outputs are exactly what its loader reads.
 
 A dataset's folder is ``<data_dir>/<dataset>`` (``folder``), or the run's ``dataset_dir``. Each
 function takes that folder and returns a ``Path`` (a Snakemake pattern such as
@@ -21,6 +21,9 @@ MNIST = "mnist.npz"  # fetched as is (data_sources.mnist)
 CIFAR_ARCHIVES = {"cifar10": "cifar-10-binary.tar.gz", "cifar100": "cifar-100-binary.tar.gz"}  # fetched as is
 # The raw archive a loader reads directly, by dataset (the workflow fetches it under this name).
 RAW_FILES = {"mnist": MNIST, **CIFAR_ARCHIVES}
+# SVHN's official MATLAB files, one per split (rule fetch_svhn; the unused 531k 'extra' split is not fetched)
+SVHN_FILE = "{split}_32x32.mat"
+SVHN_SPLITS = ("train", "test")
 TRANSLATION_ARCHIVE = "iwslt14.tokenized.de-en.tar.gz"  # rule iwslt_pack
 PREP_REPORT = "prep_report.json"  # rule iwslt_pack: line counts after every step
 NUMERIC_CACHE = "numeric"  # rule iwslt_cache: a folder
@@ -55,6 +58,11 @@ def mnist_file(directory) -> Path:
 
 def cifar_archive(directory, dataset: str) -> Path:
     return raw_file(directory, CIFAR_ARCHIVES[dataset])
+
+
+def svhn_file(directory, split: str) -> Path:
+    """SVHN's ``split`` file (a split name, or the wildcard ``"{split}"``)."""
+    return raw_file(directory, SVHN_FILE.format(split=split))
 
 
 def translation_archive(directory) -> Path:
@@ -94,6 +102,8 @@ def prepared_files(dataset: str, directory, modulus: int = 97) -> list[Path]:
         return [modular_file(directory, modulus)]
     if dataset in RAW_FILES:
         return [raw_file(directory, RAW_FILES[dataset])]
+    if dataset == "svhn":
+        return [svhn_file(directory, split) for split in SVHN_SPLITS]
     if dataset in TRANSLATION_DATASETS:
         return [translation_archive(directory), cache_metadata(directory)]
     if dataset == "imagenet":

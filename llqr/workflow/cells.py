@@ -136,6 +136,9 @@ def normalise(config: dict, base: dict) -> dict:
         out["use_preconditioner"] = False
     if out.get("noise") == "svag" and out.get("svag_l") == 1:  # SVAG at l = 1 is plain SGD, step for step
         out["noise"], out["svag_l"], out["svag_variant"] = base["noise"], base["svag_l"], base["svag_variant"]
+    if out.get("augment") is False:  # no crop, flip or Cutout: their settings cannot change the run
+        for key in ("crop_mode", "crop_padding", "cutout"):
+            out[key] = base[key]
     # the conditions name only keys never reset here (model, dataset, optimizer, noise,
     # use_preconditioner, sam_mode, precond_identity_scaling), so one pass over the config suffices
     unread = [key for key, alts in TABLES.read_when.items() if key in out and not _met(alts, out)]
