@@ -18,14 +18,13 @@ TINY = {
         "tiny": {
             "group": "demo",
             "title": "Tiny digits surface",
-            "caption": "two presets x three optimizer settings, two seeds",
+            "caption": "two presets x two optimizer settings, two seeds",
             "metric": "test_accuracy",
             "presets": ["tiny-a", "tiny-b"],
             "seeds": [1, 2],
             "axes": {
                 "opt": [
                     {"label": "sgd", "set": {"optimizer": "sgd"}},
-                    {"label": "polyak", "set": {"optimizer": "polyak", "learning_rate": 0.05}},
                     {"label": "absurd", "set": {"optimizer": "sgd", "learning_rate": 1.0e30}},
                 ]
             },
@@ -82,7 +81,7 @@ def test_outputs_and_tables(tiny_run):
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "table.csv").open()))
     assert {(r["preset"], r["opt"]) for r in rows} == {(p, o) for p in ("tiny-a", "tiny-b")
-                                                      for o in ("sgd", "polyak", "absurd")}
+                                                      for o in ("sgd", "absurd")}
     for r in rows:
         if r["opt"] == "absurd":
             assert r["status"] == "diverged" and r["n_ok"] == "0"
@@ -113,7 +112,7 @@ def test_editing_one_preset_value_reruns_exactly_the_cells_using_it(tiny_run):
         preset.write_text(yaml.safe_dump({**yaml.safe_load(original), "learning_rate": 0.2}))
         proc = run_snakemake(["-n", "--cores", "1", "--configfile", str(tiny_run["config"])], tiny_run["work"],
                              env=tiny_run["env"])
-        # polyak and absurd set their own learning rate; only the sgd cells of tiny-a read the preset's
+        # absurd sets its own learning rate; only the sgd cells of tiny-a read the preset's
         assert _train_cells(proc.stdout) == {"tiny-a/default/seed1", "tiny-a/default/seed2"}
         assert _job_counts(proc.stdout).get("aggregate") == 1
     finally:
