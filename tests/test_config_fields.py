@@ -46,20 +46,29 @@ def test_the_derived_tables_are_the_historical_ones():
     assert fields.INERT_KEYS == {"llqr_use_fast_paths"}
     assert set(fields.BOOKKEEPING_KEYS) == {"checkpoint_freq", "keep_checkpoints", "report_freq", "preempt_handling"}
     assert fields.omitted_at_default() == {"precision": "fp32", "noise": "minibatch", "noise_stats_from_epoch": None,
-                                           "noise_stats_batches": 16, "train_fraction": 1.0, "data_parallel": False}
+                                           "noise_stats_batches": 16, "train_fraction": 1.0, "data_parallel": False,
+                                           "augment": True, "crop_padding": "reflect", "cutout": True,
+                                           "normalization": "reference", "noisy_gd_chunk": None,
+                                           "noise_stats_to_epoch": None, "noise_stats_examples": None,
+                                           "noise_stats_full_grad_examples": 4096, "noise_stats_every": None,
+                                           "log_step_accuracy": False}
     assert fields.TRANSFORMER_KEYS == {"embed_dim", "ffn_dim", "attention_heads", "encoder_layers", "decoder_layers"}
     assert fields.TRANSLATION_KEYS == {"max_tokens", "num_buckets", "full_eval_freq", "full_eval_at_end",
                                        "bleu_sampled_freq", "bleu_max_examples", "beam_size"}
     assert fields.MODEL_ONLY_KEYS == {
-        "mlp_hidden": ("mlp", "si_mlp"), "wrn_layout": ("wide_resnet28x10",), "norm": ("preresnet32", "vgg16", "vgg19"),
-        "width": ("preresnet32",), "scale_invariant": ("preresnet32",), "grok_dim": ("grok_transformer",),
+        "mlp_hidden": ("mlp", "si_mlp"), "wrn_layout": ("wide_resnet28x10",),
+        "norm": ("preresnet32", "vgg16", "vgg19", "svag_preresnet32", "svag_vgg16", "svag_vgg19"),
+        "width": ("preresnet32", "svag_preresnet32"), "scale_invariant": ("preresnet32",), "grok_dim": ("grok_transformer",),
         "grok_depth": ("grok_transformer",), **{k: ("transformer_iwslt",) for k in fields.TRANSFORMER_KEYS}}
-    assert fields.NOISE_KEYS == {"svag_l": ("svag",), "svag_variant": ("svag",), "noisy_gd_examples": ("noisy_gd",)}
+    assert fields.NOISE_KEYS == {"svag_l": ("svag",), "svag_variant": ("svag",), "noisy_gd_examples": ("noisy_gd",),
+                                 "noisy_gd_chunk": ("noisy_gd",)}
     assert fields.OPTIMIZER_ONLY_KEYS == {
         "singd_structure": ("singd",), "lr_cov": ("singd", "ikfac"), "singd_alpha1": ("singd",), "kfac_ema": ("kfac",),
         "prodigy_d_coef": ("prodigy",), "factor_update_every": fields.KRONECKER_OPTIMIZERS,
         "factor_damping": fields.KRONECKER_OPTIMIZERS}
-    assert fields.DATASET_ONLY_KEYS == {"crop_mode": ("cifar10", "cifar100"), "modulus": ("mod_sum",),
+    cifar = ("cifar10", "cifar100")
+    assert fields.DATASET_ONLY_KEYS == {"crop_mode": cifar, "modulus": ("mod_sum",),
+                                        **dict.fromkeys(("augment", "crop_padding", "cutout", "normalization"), cifar),
                                         **{k: fields.TRANSLATION_DATASETS for k in fields.TRANSLATION_KEYS}}
 
 

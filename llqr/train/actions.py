@@ -75,7 +75,7 @@ class Evaluate(_Timed):
         ev = self.evaluator
         event = {"event": "eval", "step": step, "elapsed_s": round(run.elapsed(), 3), **run.clock(step)}
         event.update(ev.evaluate(run.state, step, self.total))
-        if self.probe is not None and self.probe.due(step, self.loop_spe):
+        if self.probe is not None and self.probe.at_evaluation(step, self.loop_spe):
             event.update(self.probe.measure(run.state, step))
         best = run.best_so_far
         if ev.keeps_best and ev.metric in event and (best is None or event[ev.metric] > best["value"]):
@@ -86,6 +86,23 @@ class Evaluate(_Timed):
                 run.best_ckpt.save(step, run.state.as_tree(), {"step": step, ev.metric: event[ev.metric]})
         run.log.write(event)
         run.history.append(event)
+
+
+class MeasureNoise(_Timed):
+    """``noise_stats_every``: the noise statistics on their own schedule (the SVAG study: at every
+    epoch's start), as 'noise' events, also kept in the loop's ``noise_history``."""
+
+    def __init__(self, probe, loop_spe: float):
+        self.probe, self.loop_spe = probe, loop_spe
+
+    def due(self, step: int) -> bool:
+        return self.probe.on_schedule(step, self.loop_spe)
+
+    def __call__(self, run, step: int) -> None:
+        event = {"event": "noise", "step": step, "elapsed_s": round(run.elapsed(), 3), **run.clock(step)}
+        event.update(self.timed(run, lambda: self.probe.measure(run.state, step)))
+        run.log.write(event)
+        run.noise_history.append(event)
 
 
 class FitPreconditioner(_Timed):
@@ -127,9 +144,34 @@ class RefreshFactors:
         run.state = run.steps.refresh_factors(run.state, run.source.peek(step))
 
 
+class StepAccuracy:
+    """``log_step_accuracy``: the sum of each step's training-mode accuracy on its own batch since
+    the last train event, kept on the device (adding syncs nothing); ``take`` reads and resets it.
+    Its state rides in the checkpoint's metadata, so a resumed interval is the uninterrupted one."""
+
+    def __init__(self):
+        self.total, self.steps = 0.0, 0
+
+    def add(self, accuracy) -> None:
+        self.total, self.steps = self.total + accuracy, self.steps + 1
+
+    def take(self) -> dict:
+        out = {"step_accuracy": float(self.total) / self.steps if self.steps else None,
+               "step_accuracy_steps": self.steps}
+        self.total, self.steps = 0.0, 0
+        return out
+
+    def meta(self) -> dict:
+        return {"step_accuracy_sum": float(self.total), "step_accuracy_steps": self.steps}
+
+    def restore(self, meta: dict) -> None:
+        self.total, self.steps = meta.get("step_accuracy_sum", 0.0), meta.get("step_accuracy_steps", 0)
+
+
 class LogTrain:
-    """At logging points: the train loss and accuracy on the step's last micro-batch; at report
-    points, a console line with speed and ETA. Both sync with the device (divergence check)."""
+    """At logging points: the train loss and accuracy on the step's last micro-batch (and with
+    ``log_step_accuracy`` the interval's mean per-step accuracy); at report points, a console line
+    with speed and ETA. Both sync with the device (divergence check)."""
 
     def __init__(self, cfg, evaluator, total_steps: int):
         self.cfg, self.evaluator, self.total = cfg, evaluator, total_steps
@@ -146,8 +188,11 @@ class LogTrain:
         last_x = jax.tree_util.tree_map(lambda a: a[-1], run.batch.xs)
         acc = float(run.steps.train_accuracy(run.state.params, run.state.batch_stats, last_x, run.batch.ys[-1]))
         if periodic(step, self.cfg.logging_freq, self.total):
-            run.log.write({"event": "train", "step": step, "elapsed_s": round(run.elapsed(), 3), "train_loss": loss,
-                           "train_accuracy": acc})
+            event = {"event": "train", "step": step, "elapsed_s": round(run.elapsed(), 3), "train_loss": loss,
+                     "train_accuracy": acc}
+            if run.step_accuracy is not None:
+                event.update(run.step_accuracy.take())
+            run.log.write(event)
         if step % self.report_every == 0:
             self._report(run, step, loss, acc)
 

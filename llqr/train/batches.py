@@ -91,8 +91,17 @@ class NoisyGDSource(MinibatchSource):
         self.noise = noise
 
     def make(self, step: int) -> Batch:
+        """The subset as (N/C, C, ...) chunks (one chunk: the whole subset), each chunk sharded over
+        the devices under data_parallel, with the step's weights shaped alike."""
         x, y = self.data.train_batch(self.noise.subset, step)
-        return Batch(stack([x]), np.stack([y]), self.noise.coeffs(step), self.noise.example_weights(step))
+        k = len(self.noise.subset) // self.noise.chunk
+        xs, ys = self.place.stacked((chunked(x, k), chunked(y, k)))
+        return Batch(xs, ys, self.noise.coeffs(step), self.place.stacked(self.noise.example_weights(step)))
+
+
+def chunked(tree, k: int):
+    """Leading axis N -> (k, N/k): k consecutive chunks (a new unit axis when k = 1)."""
+    return jax.tree_util.tree_map(lambda a: np.reshape(a, (k, a.shape[0] // k, *a.shape[1:])), tree)
 
 
 def make_source(cfg, data, stream, place, noise: NoiseWeights, translation: bool) -> MinibatchSource:

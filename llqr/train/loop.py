@@ -35,13 +35,22 @@ from ..models import build_model
 from ..optim import svag
 from . import records
 from .accounting import step_accounting
-from .actions import Actions, Checkpoint, Evaluate, FitPreconditioner, LogTrain, RefreshFactors
+from .actions import (
+    Actions,
+    Checkpoint,
+    Evaluate,
+    FitPreconditioner,
+    LogTrain,
+    MeasureNoise,
+    RefreshFactors,
+    StepAccuracy,
+)
 from .batches import make_source
 from .checkpoint import Checkpointer, prefix_sha256, retire_attempt
 from .evaluators import ClassificationEval
 from .fingerprint import attempt_key, dataset_files, fingerprint
 from .lock import cell_lock
-from .noise import NoiseProbe, NoiseWeights
+from .noise import NOISE_KEYS, NoiseProbe, NoiseWeights, window_average
 from .outputs import CellPaths, best, summary, write_outputs
 from .parallel import Placement
 from .progress import Diverged, MetricsLog, PendingLosses, SignalFlag, StepTimer
@@ -162,7 +171,9 @@ class Loop:
     ckpt: Checkpointer | None = None
     best_ckpt: Checkpointer | None = None
     probe: Any = None
+    step_accuracy: StepAccuracy | None = None  # log_step_accuracy
     history: list = field(default_factory=list)
+    noise_history: list = field(default_factory=list)  # 'noise' events (noise_stats_every)
     best_so_far: dict | None = None
     pending: PendingLosses = field(default_factory=PendingLosses)
     timer: StepTimer = field(default_factory=StepTimer)
@@ -188,6 +199,8 @@ class Loop:
         meta = {"step": step, "cursor": self.source.cursor, "elapsed_s": self.elapsed(),
                 "metrics_offset": self.log.offset}
         meta["metrics_sha256"] = prefix_sha256(self.log.path, meta["metrics_offset"])
+        if self.step_accuracy is not None:
+            meta.update(self.step_accuracy.meta())
         self.ckpt.save(step, self.state.as_tree(), meta)
         self.last_saved = step
 
@@ -237,10 +250,15 @@ def build_run(cfg: RunConfig, cell_id: str, data, paths: CellPaths, say) -> tupl
 
     def update(step, state, batch):
         if steps.sam is not None and step >= sam_from:  # before that: the plain step, buffers frozen
-            return steps.sam(state, batch, schedules["rho"](step))
-        return steps.train(state, batch)
+            out = steps.sam(state, batch, schedules["rho"](step))
+        else:
+            out = steps.train(state, batch)
+        if loop.step_accuracy is not None:  # log_step_accuracy: the steps also return their accuracy
+            loop.step_accuracy.add(out[2])
+        return out[:2]
 
     loop = Loop(cfg, cell_id, say, state, source, steps, evaluator, None, total_steps, spe, loop_spe, update)
+    loop.step_accuracy = StepAccuracy() if cfg.log_step_accuracy else None
     _restore(loop, paths, place)
     if cfg.noise_stats_from_epoch is not None and not translation:
         loop.probe = NoiseProbe(model, data, cfg)
@@ -249,6 +267,8 @@ def build_run(cfg: RunConfig, cell_id: str, data, paths: CellPaths, say) -> tupl
     actions = Actions(before=[Checkpoint(cfg)] if loop.ckpt is not None else [], refresh=[], after=[
         LogTrain(cfg, evaluator, total_steps)])
     actions.before.append(Evaluate(evaluator, loop.probe, total_steps, loop_spe))
+    if loop.probe is not None and cfg.noise_stats_every is not None:
+        actions.before.append(MeasureNoise(loop.probe, loop_spe))
     if cfg.use_preconditioner and cfg.sam_mode != "fisher_sam":  # fisher_sam never reads P: no fit
         actions.refresh.append(FitPreconditioner(cfg, schedules, total_steps))
     if cfg.optimizer in KRONECKER_OPTIMIZERS and noise.plain:
@@ -267,16 +287,23 @@ def _restore(loop: Loop, paths: CellPaths, place: Placement) -> None:
             loop.start_step, tree, meta = restored
             loop.state = TrainState.from_tree(tree)
             loop.source.cursor, loop.elapsed_before, offset = meta["cursor"], meta["elapsed_s"], meta["metrics_offset"]
+            if loop.step_accuracy is not None:
+                loop.step_accuracy.restore(meta)
             loop.last_saved = loop.start_step or None
             loop.say(f"resuming from checkpoint at step {loop.start_step}/{loop.total_steps - 1}")
-    place.check_batch("batch_size", cfg.batch_size)
+    if cfg.noise == "noisy_gd":  # the sharded unit is the subset's chunk, not B
+        place.check_batch("noisy_gd_chunk", loop.source.noise.chunk)
+    else:
+        place.check_batch("batch_size", cfg.batch_size)
     if cfg.use_preconditioner:
         place.check_batch("precond_batch_size", cfg.precond_batch_size)
     if place.count > 1:
         loop.say(f"data parallel over {place.count} devices: {', '.join(map(str, place.devices))}")
     loop.state = place.replicate(loop.state)
     loop.log = MetricsLog(paths.work / "metrics.jsonl", offset)
-    loop.history = [e for e in loop.log.events() if e["event"] == "eval"]
+    events = loop.log.events()
+    loop.history = [e for e in events if e["event"] == "eval"]
+    loop.noise_history = [e for e in events if e["event"] == "noise"]
     loop.best_so_far = best(loop.history, loop.evaluator.metric)
 
 
@@ -298,14 +325,35 @@ def finish_diverged(loop: Loop, step: int) -> dict:
                    diverged_at=step, metric=loop.evaluator.metric)
 
 
+def noise_window(loop: Loop, final: dict) -> dict:
+    """The summary's noise statistics with a window: the means over the measurements at steps in
+    [noise_stats_from_epoch, noise_stats_to_epoch) epochs (the evaluations', and the final one's when
+    it lies inside), replacing the final measurement's values."""
+    cfg, final_step = loop.cfg, loop.total_steps - 1
+    measured = [e for e in loop.history + loop.noise_history if e["step"] != final_step]
+    measured += [{"step": final_step, **final}] if "noise_G" in final else []
+    window = window_average(measured, cfg.noise_stats_from_epoch * loop.loop_spe,
+                            cfg.noise_stats_to_epoch * loop.loop_spe, cfg.batch_size)
+    if not window["noise_measurements"]:
+        loop.say(f"note: no noise measurement in epochs [{cfg.noise_stats_from_epoch:g}, "
+                 f"{cfg.noise_stats_to_epoch:g}): the summary has no noise statistics")
+    return window
+
+
 def finish(loop: Loop) -> dict:
     """The final evaluation (with the noise statistics and the cost columns) and the summary."""
     final_step, ev, history = loop.total_steps - 1, loop.evaluator, loop.history
     final = ev.final(loop.state, history[-1] if history else None, final_step)
     if loop.probe is not None and loop.probe.due(final_step, loop.loop_spe):
-        last = history[-1] if history and history[-1]["step"] == final_step else {}
+        last = [e for e in history + loop.noise_history if e["step"] == final_step and "noise_G" in e][-1:]
+        last = last[0] if last else {}
         final.update({k: v for k, v in last.items() if k.startswith("noise_")} or
                      loop.probe.measure(loop.state, final_step))
+    if loop.probe is not None and loop.cfg.noise_stats_to_epoch is not None:
+        window = noise_window(loop, final)
+        for key in NOISE_KEYS:
+            final.pop(key, None)
+        final.update(window)
     # cost columns of the optimizer studies (ours): state size, and speed of this (resumed) process
     final["opt_state_bytes"] = int(sum(x.nbytes for x in jax.tree_util.tree_leaves(loop.state.opt_state)
                                        if hasattr(x, "nbytes")))

@@ -34,6 +34,7 @@ class Forward(NamedTuple):
     label_smoothing: float
     pad: int | None  # translation: target positions with this label leave loss, accuracy and P fit
     low: Any  # jnp.bfloat16 under precision=bf16, else None
+    hits: bool = False  # log_step_accuracy: the loss also returns (correct, counted) of its forward pass
 
     def apply(self, params, batch_stats, x, **kw):
         """The model with bf16 inputs under precision=bf16 (float inputs only; token ids stay
@@ -46,13 +47,18 @@ class Forward(NamedTuple):
         return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), out) if self.low is not None else out
 
     def loss(self, params, batch_stats, x, y, key, w=None):
-        """Training-mode loss and the updated BN statistics."""
+        """Training-mode loss, and as aux the updated BN statistics and (with ``hits``) the forward
+        pass's (correct, counted) predictions (None without)."""
         if batch_stats:
             out, mut = self.apply(params, batch_stats, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])
             batch_stats = mut["batch_stats"]
         else:
             out = self.apply(params, batch_stats, x, train=True, rngs={"dropout": key})
-        return smoothed_cross_entropy(out, y, self.label_smoothing, self.pad, weights=w), batch_stats
+        hits = None
+        if self.hits:
+            _, correct, counted = loss_sums(jax.lax.stop_gradient(out), y, self.pad)
+            hits = jnp.stack([correct.astype(jnp.float32), counted.astype(jnp.float32)])
+        return smoothed_cross_entropy(out, y, self.label_smoothing, self.pad, weights=w), (batch_stats, hits)
 
 
 class UpdateRule(NamedTuple):
@@ -100,36 +106,75 @@ def build_update_chain(cfg, lr) -> tuple[optax.GradientTransformation, optax.Gra
     return optax.chain(llqr, main_tx), main_tx
 
 
+def _percent(hits):
+    """Accuracy (%) from (correct, counted) rows (..., 2); None passes through."""
+    return None if hits is None else 100.0 * jnp.sum(hits[..., 0]) / jnp.sum(hits[..., 1])
+
+
 def accumulate(fwd: Forward, params, batch_stats, key, xs, ys, coeffs=None, ws=None):
     """Mean loss and mean gradient over the stacked micro-batches at fixed params, BN stats threaded
-    through, one key split per micro-batch; also the final stats and key. ``coeffs`` replace the
-    mean by a weighted sum over micro-batches (SVAG's c1·L1 + c2·L2, or sde2's factor); ``ws`` are
+    through, one key split per micro-batch; also the final stats and key, and (``fwd.hits``) the
+    training-mode accuracy over all micro-batches (else None). ``coeffs`` replace the mean by a
+    weighted sum over micro-batches (SVAG's c1·L1 + c2·L2, or sde2's factor); ``ws`` are
     per-example loss weights (noisy gradient descent)."""
 
     def micro(carry, batch):
         batch_stats, k = carry
         k, sub = jax.random.split(k)
         x, y, *w = batch
-        (loss, batch_stats), grads = jax.value_and_grad(fwd.loss, has_aux=True)(params, batch_stats, x, y, sub, *w)
-        return (batch_stats, k), (loss, grads)
+        (loss, (batch_stats, hits)), grads = jax.value_and_grad(fwd.loss, has_aux=True)(
+            params, batch_stats, x, y, sub, *w)
+        return (batch_stats, k), (loss, grads, hits)
 
     batches = (xs, ys) if ws is None else (xs, ys, ws)
-    (batch_stats, key), (losses, grads) = jax.lax.scan(micro, (batch_stats, key), batches)
+    (batch_stats, key), (losses, grads, hits) = jax.lax.scan(micro, (batch_stats, key), batches)
     if coeffs is None:
         grads = jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
     else:  # the reported loss stays the plain mean: the coefficients shape the noise, not the objective
         grads = jax.tree_util.tree_map(lambda g: jnp.tensordot(coeffs.astype(g.dtype), g, axes=1), grads)
-    return jnp.mean(losses), grads, batch_stats, key
+    return jnp.mean(losses), grads, batch_stats, key, _percent(hits)
+
+
+def accumulate_chunks(fwd: Forward, params, batch_stats, key, xs, ys, ws):
+    """Noisy GD over k equal chunks of its fixed subset: the mean over chunks of each chunk's
+    weighted mean loss (1/C) Σ δ_i ℓ_i and of its gradient, i.e. (1/N) Σ δ_i ℓ_i over the subset.
+    Unlike ``accumulate`` the sums ride in the scan's carry, so memory holds one chunk's activations
+    and one gradient however many chunks there are. One key split per chunk; returns as
+    ``accumulate``."""
+
+    def chunk(carry, batch):
+        loss_sum, grad_sum, hits_sum, batch_stats, k = carry
+        k, sub = jax.random.split(k)
+        (loss, (batch_stats, hits)), grads = jax.value_and_grad(fwd.loss, has_aux=True)(
+            params, batch_stats, *batch[:2], sub, batch[2])
+        hits_sum = None if hits is None else hits_sum + hits
+        return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads), hits_sum, batch_stats, k), None
+
+    k = ys.shape[0]
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    hits0 = jnp.zeros((2,), jnp.float32) if fwd.hits else None
+    (loss_sum, grads, hits, batch_stats, key), _ = jax.lax.scan(
+        chunk, (jnp.zeros((), jnp.float32), zeros, hits0, batch_stats, key), (xs, ys, ws))
+    grads = jax.tree_util.tree_map(lambda g: g / k, grads)
+    return loss_sum / k, grads, batch_stats, key, _percent(hits)
+
+
+def _step_grads(fwd: Forward, params, batch_stats, key, batch: Batch):
+    """The train step's loss and gradient: noisy GD's chunked subset (more than one chunk) through
+    ``accumulate_chunks``, everything else (one chunk included) through ``accumulate``."""
+    if batch.ws is not None and batch.ys.shape[0] > 1:
+        return accumulate_chunks(fwd, params, batch_stats, key, batch.xs, batch.ys, batch.ws)
+    return accumulate(fwd, params, batch_stats, key, batch.xs, batch.ys, batch.coeffs, batch.ws)
 
 
 def train_step(fwd: Forward, rule: UpdateRule, state: TrainState, batch: Batch):
     """One update with the configured rule on the batch's (weighted) mean gradient."""
     dropout_key, key = jax.random.split(state.dropout_key)
-    loss, grads, batch_stats, _ = accumulate(fwd, state.params, state.batch_stats, key, batch.xs, batch.ys,
-                                             batch.coeffs, batch.ws)
+    loss, grads, batch_stats, _, acc = _step_grads(fwd, state.params, state.batch_stats, key, batch)
     updates, opt_state = rule.configured(grads, state.opt_state, state.params)
     params = apply_updates(rule.cfg, state.params, updates)
-    return state.replace(params=params, opt_state=opt_state, batch_stats=batch_stats, dropout_key=dropout_key), loss
+    new = state.replace(params=params, opt_state=opt_state, batch_stats=batch_stats, dropout_key=dropout_key)
+    return (new, loss) if acc is None else (new, loss, acc)
 
 
 def sam_step(fwd: Forward, rule: UpdateRule, state: TrainState, batch: Batch, rho):
@@ -144,20 +189,20 @@ def sam_step(fwd: Forward, rule: UpdateRule, state: TrainState, batch: Batch, rh
     if mode == "past_fsam":
         g_c, key_p = None, key
     else:
-        _, g_c, _, key_p = accumulate(fwd, params, state.batch_stats, key, xs, ys)
+        _, g_c, _, key_p, _ = accumulate(fwd, params, state.batch_stats, key, xs, ys)
     eps = jax.lax.stop_gradient(sam.perturbation(
         mode, params=params, buffers=state.sam, g_c=g_c, rho=rho, precond=rule.precond(state.opt_state),
         perturb_mode=cfg.perturb_mode, norm_mode=cfg.norm_mode, gbar_eps=cfg.gbar_eps, asam_eta=cfg.asam_eta,
         fisher_sam_eta=cfg.fisher_sam_eta))
     perturbed = jax.tree_util.tree_map(jnp.add, params, eps)
-    loss, g_p, batch_stats, _ = accumulate(fwd, perturbed, state.batch_stats, key_p, xs, ys)
+    loss, g_p, batch_stats, _, acc = accumulate(fwd, perturbed, state.batch_stats, key_p, xs, ys)
     preconditioned = cfg.sam_use_preconditioner_on_update and mode != "fisher_sam"
     updates, opt_state = (rule.configured if preconditioned else rule.vanilla)(g_p, state.opt_state, params)
     buffers = sam.update_buffers(mode, state.sam, g_c=g_c, g_p=g_p, beta=cfg.gbar_beta,
                                  perturb_mode=cfg.perturb_mode, gbar_eps=cfg.gbar_eps)
     new = state.replace(params=apply_updates(cfg, params, updates), opt_state=opt_state, sam=buffers,
                         batch_stats=batch_stats, dropout_key=dropout_key)
-    return new, loss
+    return (new, loss) if acc is None else (new, loss, acc)
 
 
 def kronecker_refresh(fwd: Forward, state: TrainState, batch: Batch):
@@ -194,8 +239,8 @@ def fit_log_probs(fwd: Forward, params, batch_stats, x):
 class Steps(NamedTuple):
     """A run's compiled functions (``sam`` is None without a SAM mode)."""
 
-    train: Callable  # (state, batch) -> (state, loss); donates the state
-    sam: Callable | None  # (state, batch, rho) -> (state, loss)
+    train: Callable  # (state, batch) -> (state, loss[, accuracy with log_step_accuracy]); donates the state
+    sam: Callable | None  # (state, batch, rho) -> (state, loss[, accuracy])
     refresh_factors: Callable  # (state, batch) -> state: the Kronecker optimizers' refresh
     eval_sums: Callable  # (params, batch_stats, x, y) -> (nll sum, correct, count)
     train_accuracy: Callable  # (params, batch_stats, x, y) -> percent
@@ -203,7 +248,8 @@ class Steps(NamedTuple):
 
 
 def make_steps(model, tx, main_tx, cfg, pad: int | None = None) -> Steps:
-    fwd = Forward(model, cfg.label_smoothing, pad, jnp.bfloat16 if cfg.precision == "bf16" else None)
+    fwd = Forward(model, cfg.label_smoothing, pad, jnp.bfloat16 if cfg.precision == "bf16" else None,
+                  cfg.log_step_accuracy)
     rule = UpdateRule(tx, main_tx, cfg)
     bind = functools.partial
     return Steps(

@@ -16,6 +16,11 @@ def check_job(cfg, devices: int | None = None) -> None:
         if size is not None and get("noisy_gd_examples") > size:
             raise ConfigError(f"noisy_gd_examples={get('noisy_gd_examples')} exceeds the {size} training examples "
                               f"of {get('dataset')}")
+    if get("noise") == "noisy_gd" and get("noisy_gd_examples") is None and get("noisy_gd_chunk") is not None:
+        size = _train_size(get)
+        if size is not None and size % get("noisy_gd_chunk"):
+            raise ConfigError(f"noisy_gd_chunk={get('noisy_gd_chunk')} must divide the noisy-GD subset, here the "
+                              f"whole {size}-example train split of {get('dataset')} (noisy_gd_examples=null)")
 
 
 def _train_size(get) -> int | None:
