@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from llqr.config import ConfigError, resolve
+from llqr.config.families import MODELS, NORM_KEY_MODELS
 from llqr.config.validate import uses_batchnorm
 from llqr.workflow.job_checks import check_job
 
@@ -122,9 +123,11 @@ def test_batchnorm_with_the_whole_subset_as_one_chunk_is_still_accepted():
         resolve("digits-mlp", {"noise": "svag", "svag_l": 2, "data_parallel": True, "use_preconditioner": False})
 
 
-@pytest.mark.parametrize("model,norm", [("mlp", "bn"), ("simple_cnn", "bn"), ("resnet18", "bn"),
-                                        ("preresnet32", "bn"), ("preresnet32", "gn"), ("vgg16", "gn"),
-                                        ("vgg16bn", "bn"), ("vit_ti16", "bn")])
+IMAGE_MODELS = [m for m in MODELS if m not in ("transformer_iwslt", "grok_transformer")]
+
+
+@pytest.mark.parametrize("model,norm", [(m, n) for m in IMAGE_MODELS for n in (("bn", "gn") if m in NORM_KEY_MODELS
+                                                                                else ("bn",))])
 def test_the_batchnorm_list_is_what_the_models_do(model, norm):
     """``uses_batchnorm`` (JAX-free, for the validator) against the model's own init: BatchNorm
     models, and only they, keep batch statistics."""
