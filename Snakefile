@@ -48,7 +48,23 @@ rule paper:
         lambda wc: surface_targets("paper", required=True),
 
 
-# The companion optimizer studies (SINGD, SVAG, linear scaling rule, noisy gradient descent).
+# The companion optimizer studies: all of them, or one study's surfaces.
 rule studies:
     input:
         lambda wc: surface_targets("studies", required=True),
+
+
+# The SDE/SVAG study (SVAG, linear scaling rule, noisy gradient descent).
+rule svag_study:
+    input:
+        lambda wc: surface_targets("svag_study", required=True),
+
+
+rule singd_study:
+    input:
+        lambda wc: surface_targets("singd_study", required=True),
+
+
+rule hlr_study:
+    input:
+        lambda wc: surface_targets("hlr_study", required=True),

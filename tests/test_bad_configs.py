@@ -52,6 +52,7 @@ LLQR = {"use_preconditioner": True}
 # (id, the workflow config, text the error must hold: the offending key)
 CASES = [
     ("unknown key", config(spec=surface({"learning_rat": 0.1})), "learning_rat"),
+    ("unknown group", config(spec=surface(group="study")), "unknown group 'study'"),
     ("wrong type", config(spec=surface({"batch_size": "big"})), "batch_size"),
     ("out of range", config(spec=surface({"ema_decay": 1.5})), "ema_decay"),
     ("bad choice", config(spec=surface({"optimizer": "adamw2"})), "optimizer"),

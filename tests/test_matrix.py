@@ -21,7 +21,7 @@ PAPER_COUNTS = {
 }
 
 
-# The companion studies (group "studies"): SINGD 9 optimizers x 2 precisions (memory/speed surfaces reuse
+# The companion studies (target "studies"): SINGD 9 optimizers x 2 precisions (memory/speed surfaces reuse
 # seed 42's cells), SVAG l in 1..32 and the LSR batch sizes on two PreResNets, SGD vs noisy GD.
 STUDY_COUNTS = {"singd": 9 * 2 * 3, "singd_memory": 18, "singd_speed": 18, "svag_convergence": 2 * 6, "lsr": 2 * 5,
                 "lsr_noise": 2 * 5, "noisy_gd": 2 * 2,
@@ -41,7 +41,7 @@ def test_paper_cell_count_per_surface(paper):
 
 
 def test_study_cell_counts_and_shared_cells(paper):
-    counts = {name: len(s.cell_ids) for name, s in paper.surfaces.items() if s.group == "studies"}
+    counts = {name: len(paper.surfaces[name].cell_ids) for name in paper.group("studies")}
     assert counts == STUDY_COUNTS
     studies = {c for n in STUDY_COUNTS for c in paper.surfaces[n].cell_ids}
     # memory/speed read the singd cells; the budget surfaces share their runs; lr_free's AdamW + H cells are

@@ -27,7 +27,16 @@ from .cells import (  # noqa: F401 (BOOKKEEPING_KEYS and normalise: importable f
 )
 from .resources import check_resource_presets
 from .studies import Study, check_corners, parse_tune, study_for  # noqa: F401 (Study: importable from here)
-from .surface_spec import KINDS, METRICS, check_conditions, check_unique, parse_axes, surface_error
+from .surface_spec import (
+    KINDS,
+    METRICS,
+    TARGET_GROUPS,
+    check_conditions,
+    check_group,
+    check_unique,
+    parse_axes,
+    surface_error,
+)
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,9 @@ class Matrix:
     studies: dict = field(default_factory=dict)
 
     def group(self, name: str) -> list[str]:
-        return [s for s, surf in self.surfaces.items() if surf.group == name]
+        """The surfaces a group target builds (``studies``: every study's group)."""
+        groups = TARGET_GROUPS.get(name, (name,))
+        return [s for s, surf in self.surfaces.items() if surf.group in groups]
 
 
 def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=None, studies=None) -> Surface:
@@ -130,7 +141,7 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
         name=name,
         title=spec.get("title", name),
         caption=spec.get("caption", ""),
-        group=spec.get("group", "demo"),
+        group=check_group(name, spec.get("group", "demo")),
         metric=metric,
         mode=METRICS[metric],
         axes={a: [lab for lab, _ in vs] for a, vs in axes.items()},

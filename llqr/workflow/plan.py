@@ -6,12 +6,12 @@
     python -m llqr.plan calibrate results/cells/<cell> [...] [--write]   measured step times
     python -m llqr.plan estimate --configfile config/paper.yaml [--write] FLOP-based step times
 
-Targets are groups (demo, demo_extra, paper, studies), surface names, or ``all``; the default is the demo, as
-for ``snakemake``. Steps come from each cell's config and the dataset sizes, seconds per step from
-config/step_times.yaml (per preset, measured or estimated, each entry saying which), and resources
-from the workflow config exactly as the train rule gets them. Tuning studies are priced as their
-trials at the tuning budget. Nothing is read from data or results: the paper matrix previews in
-seconds on a laptop.
+Targets are groups (demo, demo_extra, paper, studies = svag_study + singd_study + hlr_study),
+surface names, or ``all``; the default is the demo, as for ``snakemake``. Steps come from each
+cell's config and the dataset sizes, seconds per step from config/step_times.yaml (per preset,
+measured or estimated, each entry saying which), and resources from the workflow config exactly as
+the train rule gets them. Tuning studies are priced as their trials at the tuning budget. Nothing is
+read from data or results: the paper matrix previews in seconds on a laptop.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from ..config import ConfigError
 from .cost import STEP_TIMES, StepTime, cell_cost, load_step_times
 from .matrix import load_workflow_config, validate_schema  # noqa: F401 (the schema check, as before)
 from .resources import preset_resources, resource
+from .surface_spec import TARGET_GROUPS
 from .validator import check_workflow
 
 REPO = Path(__file__).resolve().parents[2]
-GROUPS = ("demo", "demo_extra", "paper", "studies")
 
 
 def _config(files) -> dict:
@@ -47,7 +47,7 @@ def select(matrix, targets) -> list[str]:
     for target in targets:
         if target == "all":
             names += list(matrix.surfaces)
-        elif target in GROUPS:
+        elif target in TARGET_GROUPS:
             found = matrix.group(target)
             if not found:
                 raise SystemExit(f"error: no '{target}' surfaces in the config (add --configfile config/paper.yaml)")
@@ -55,7 +55,7 @@ def select(matrix, targets) -> list[str]:
         elif target in matrix.surfaces:
             names.append(target)
         else:
-            raise SystemExit(f"error: '{target}' is neither a group ({', '.join(GROUPS)}, all) nor a surface "
+            raise SystemExit(f"error: '{target}' is neither a group ({', '.join(TARGET_GROUPS)}, all) nor a surface "
                              f"(surfaces: {', '.join(matrix.surfaces)})")
     return list(dict.fromkeys(names))
 
@@ -258,7 +258,8 @@ def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m llqr.plan", parents=[common], description=__doc__.splitlines()[0],
                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("targets", nargs="*",
-                   help="groups (demo, demo_extra, paper, studies), surfaces, or all; default: demo")
+                   help="groups (demo, demo_extra, paper, studies, svag_study, singd_study, hlr_study), surfaces, "
+                        "or all; default: demo")
     p.add_argument("--summary", action="store_true", help="one line per surface, no cell rows")
     p.add_argument("--json", default=None, help="also write the whole plan as JSON")
     return preview(p.parse_args(argv))

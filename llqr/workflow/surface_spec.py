@@ -12,10 +12,21 @@ METRICS = {"test_accuracy": "max", "test_loss": "min", "train_loss": "min", "tra
            "valid_bleu": "max", "test_bleu": "max", "opt_state_bytes": "min", "ms_per_step": "min",
            "noise_ratio": "max", "noise_G": "min", "noise_N": "min"}
 KINDS = ("grid", "budget", "slcd")
+# A surface's group is a Snakemake target (a rule of that name in the Snakefile). Each companion
+# study has its own group; the target `studies` is all of them.
+STUDY_GROUPS = ("svag_study", "singd_study", "hlr_study")
+GROUPS = ("demo", "demo_extra", "paper", *STUDY_GROUPS)
+TARGET_GROUPS = {**{g: (g,) for g in GROUPS}, "studies": STUDY_GROUPS}  # target -> the groups it builds
 
 
 def surface_error(surface: str, msg: str) -> ConfigError:
     return ConfigError(f"surface '{surface}': {msg}")
+
+
+def check_group(surface: str, group) -> str:
+    if group not in GROUPS:
+        raise surface_error(surface, f"unknown group {group!r} (allowed: {', '.join(GROUPS)})")
+    return group
 
 
 def check_unique(surface: str, what: str, values: list):
