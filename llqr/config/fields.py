@@ -222,8 +222,9 @@ class RunConfig:
                                                   "estimator).")
     data_parallel: bool = opt(False, "bool", params_at_default=False,
                               doc="Ours: shard each batch over all local devices (the job's GPUs), state replicated; "
-                                  "batch_size and precond_batch_size must divide by the preset's gpu count. Not "
-                                  "for translation, noise studies or Kronecker optimizers.")
+                                  "batch_size and precond_batch_size (noisy GD: noisy_gd_chunk, or the subset) must "
+                                  "divide by the preset's gpu count. Not for translation, SVAG or Kronecker "
+                                  "optimizers.")
     precision: str = opt("fp32", "str", choices=("fp32", "bf16"), params_at_default=False,
                          doc="Ours: bf16 keeps params, activations and optimizer state in bfloat16 (loss in fp32).")
     normalize_conv_params: bool = opt(False, "bool",
