@@ -58,7 +58,8 @@ def test_the_derived_tables_are_the_historical_ones():
     assert fields.MODEL_ONLY_KEYS == {
         "mlp_hidden": ("mlp", "si_mlp"), "wrn_layout": ("wide_resnet28x10",),
         "norm": ("preresnet32", "vgg16", "vgg19", "svag_preresnet32", "svag_vgg16", "svag_vgg19"),
-        "width": ("preresnet32", "svag_preresnet32"), "scale_invariant": ("preresnet32",), "grok_dim": ("grok_transformer",),
+        "width": ("preresnet32", "svag_preresnet32"), "scale_invariant": ("preresnet32",),
+        "grok_dim": ("grok_transformer",),
         "grok_depth": ("grok_transformer",), **{k: ("transformer_iwslt",) for k in fields.TRANSFORMER_KEYS}}
     assert fields.NOISE_KEYS == {"svag_l": ("svag",), "svag_variant": ("svag",), "noisy_gd_examples": ("noisy_gd",),
                                  "noisy_gd_chunk": ("noisy_gd",)}

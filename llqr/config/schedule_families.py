@@ -56,6 +56,10 @@ SCHEDULE_FAMILIES: dict[str, dict[str, tuple[object, str]]] = {
     **{name: {"eta_min": (1e-6, "float"), "upper_bound": (250.0, "float")}
        for name in ("hyperbolic", "exp_hyperbolic", "warmup_hyperbolic", "warmup_exp_hyperbolic")},
     "warmup_cosine": {"eta_min": (1e-6, "float"), "start_factor": (0.01, "float")},
+    # The SVAG study's triangle and cosine schedules (ours, after Li, Malladi & Arora 2021;
+    # llqr.train.svag_schedules): per epoch over the budget total_epochs, peaking at the base value.
+    "svag_triangle": {"eta_min": (1e-4, "float"), "heights": ([1.0, 0.5], "list")},
+    "svag_cosine": {"eta_min": (1e-4, "float"), "offset": (1e-3, "float")},
 }
 HYPERBOLIC_FAMILIES = ("hyperbolic", "exp_hyperbolic", "warmup_hyperbolic", "warmup_exp_hyperbolic")
 # The study's scheduler codes (README of the HyperbolicLR code) -> our family names.

@@ -86,6 +86,18 @@ def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
         from .study_vgg import StudyVGG
 
         return StudyVGG(depth=int(name[3:]), norm=cfg.norm, num_classes=num_classes)
+    if name == "svag_preresnet32":
+        from .svag_preresnet import SvagPreResNet
+
+        return SvagPreResNet(num_classes=num_classes, width=cfg.width, norm=cfg.norm)
+    if name in ("svag_vgg16", "svag_vgg19"):
+        from .svag_vgg import SvagVGG
+
+        return SvagVGG(depth=int(name[-2:]), norm=cfg.norm, num_classes=num_classes)
+    if name == "resnet32":
+        from .resnet32 import ResNet32
+
+        return ResNet32(num_classes=num_classes)
     if name == "si_mlp":
         from .study_mlp import ScaleInvariantMLP
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from .budget_schedules import build_budget_schedule
+from .svag_schedules import build_svag_schedule
 
 
 def _cosine(base, eta_min, length, clamp):
@@ -91,6 +92,8 @@ def build_schedule(sched: dict, base: float, total_epochs: float, spe: float):
             return init + (target - init) * 0.5 * (1.0 - jnp.cos(math.pi * prog)) + delta * steps_up
 
         return ramp
+    if name in ("svag_triangle", "svag_cosine"):
+        return build_svag_schedule(name, p, base, total_epochs, spe)
     study = build_budget_schedule(name, p, base, total_epochs, spe)
     if study is not None:
         return study
