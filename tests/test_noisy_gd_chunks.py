@@ -80,7 +80,7 @@ def test_chunked_steps_equal_the_whole_subset_step(tmp_path, digits_root):
     assert _max_diff(got["seed1"], whole) > 1000 * TOL
 
 
-@pytest.mark.slow  # a subprocess with two devices: two compiles of the step (about 20 s)
+@pytest.mark.slow  # a subprocess with two forced devices: 10-20 s of startup and compiles
 def test_chunked_sharded_steps_equal_the_whole_subset_step(tmp_path, digits_root):
     """Each chunk split over two (forced) CPU devices, as data_parallel does over a job's GPUs."""
     variants = {"whole": {}, "sharded": {"noisy_gd_chunk": 64, "data_parallel": True}}
@@ -201,3 +201,32 @@ def test_step_accuracy_state_rides_in_the_checkpoint():
     resumed.add(jax.numpy.float32(100.0))
     assert resumed.take() == {"step_accuracy": 75.0, "step_accuracy_steps": 3}
     assert resumed.take()["step_accuracy_steps"] == 0
+
+
+@pytest.mark.slow  # three runner runs (about 13 s)
+def test_a_resumed_run_logs_the_uninterrupted_step_accuracy(tmp_path, digits_root):
+    """Preempted at step 11, inside the interval 11-15 of the train event at step 15."""
+    import os
+    import signal
+
+    from llqr.train.loop import Preempted, run
+
+    cfg = resolve("digits-mlp-smoke", {"use_preconditioner": False, "max_steps": 17, "log_step_accuracy": True})
+
+    def events(cell):
+        path = tmp_path / "r" / "cells" / cell / "metrics.jsonl"
+        return [(e["step"], e["step_accuracy"], e["step_accuracy_steps"])
+                for e in map(json.loads, path.read_text().splitlines()) if e["event"] == "train"]
+
+    kw = dict(results_dir=tmp_path / "r", checkpoints_dir=tmp_path / "c", data_root=digits_root)
+    run(cfg, cell_id="r/once/seed42", out=lambda _line: None, **kw)
+
+    def out(line):
+        if "step 10/" in line:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Preempted):
+        run(cfg, cell_id="r/twice/seed42", out=out, **kw)
+    run(cfg, cell_id="r/twice/seed42", out=lambda _line: None, **kw)
+    assert events("r/twice/seed42") == events("r/once/seed42")
+    assert [steps for _, _, steps in events("r/once/seed42")] == [6, 5, 5]
