@@ -22,11 +22,18 @@ PAPER_COUNTS = {
 
 
 # The companion studies (target "studies"): SINGD 9 optimizers x 2 precisions (memory/speed surfaces reuse
-# seed 42's cells), SVAG l in 1..32 and the LSR batch sizes on two PreResNets, SGD vs noisy GD.
-STUDY_COUNTS = {"singd": 9 * 2 * 3, "singd_memory": 18, "singd_speed": 18, "svag_convergence": 2 * 6, "lsr": 2 * 5,
-                "lsr_noise": 2 * 5, "noisy_gd": 2 * 2,
+# seed 42's cells); SVAG: l in 1..32 per network, the linear scaling rule at B = 2..2048 on three networks
+# each (lsr_noise reads lsr's cells), SGD vs noisy GD pairs.
+SVAG_L, LSR_B = 6, 11
+STUDY_COUNTS = {"singd": 9 * 2 * 3, "singd_memory": 18, "singd_speed": 18,
+                "svag_convergence_b64": SVAG_L, "svag_convergence_b1024": SVAG_L, "svag_baselines": 3 * SVAG_L,
+                "svag_architectures": 3 * SVAG_L, "svag_unnormalized": SVAG_L, "svag_triangle": 2 * SVAG_L,
+                "svag_cosine": 2 * SVAG_L, "lsr": 3 * LSR_B, "lsr_further": 3 * LSR_B, "lsr_noise": 3 * LSR_B,
+                "noisy_gd": 2, "noisy_gd_wide": 2, "noisy_gd_small_batch": 2,
                 # HyperbolicLR: 3 models x 13 schedules x 4 budgets x 5 seeds; LR-free adds 2 optimizers
                 "hyperbolic_budget": 780, "hyperbolic_curves": 780, "hyperbolic_slcd": 780, "lr_free": 3 * 3 * 4 * 5}
+# svag_baselines' B = 1024 cells are svag_convergence_b1024's
+SVAG_UNIQUE = 2 * SVAG_L + 2 * SVAG_L + 3 * SVAG_L + SVAG_L + 4 * SVAG_L + 2 * 3 * LSR_B + 3 * 2
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +53,23 @@ def test_study_cell_counts_and_shared_cells(paper):
     studies = {c for n in STUDY_COUNTS for c in paper.surfaces[n].cell_ids}
     # memory/speed read the singd cells; the budget surfaces share their runs; lr_free's AdamW + H cells are
     # hyperbolic_budget's (same config, same tuning study)
-    assert len(studies) == 54 + 12 + 10 + 4 + 780 + 3 * 2 * 4 * 5
+    assert len(studies) == 54 + SVAG_UNIQUE + 780 + 3 * 2 * 4 * 5
     hyper = set(paper.surfaces["hyperbolic_budget"].cell_ids)
     assert hyper == set(paper.surfaces["hyperbolic_slcd"].cell_ids) == set(paper.surfaces["hyperbolic_curves"].cell_ids)
     assert len(set(paper.surfaces["lr_free"].cell_ids) & hyper) == 3 * 4 * 5
     tuned = [s for s in paper.studies.values() if s.preset.endswith("-hlr")]  # the demo's are digits studies
     assert len(tuned) == 3 * 14 and all(s.trials == 25 and s.config["total_epochs"] == 50 for s in tuned)
-    for cid in paper.surfaces["svag_convergence"].cell_ids:
+    assert set(paper.surfaces["lsr_noise"].cell_ids) == set(paper.surfaces["lsr"].cell_ids)
+    assert set(paper.surfaces["svag_convergence_b1024"].cell_ids) < set(paper.surfaces["svag_baselines"].cell_ids)
+    svag = [n for n in paper.group("svag_study")]
+    for cid in {c for n in svag for c in paper.surfaces[n].cell_ids}:
         c = paper.cells[cid].config
-        assert c["model"] == "preresnet32" and c["scale_invariant"] and c["optimizer"] == "sgd"
-        assert (c["noise"], c["svag_l"]) == ("minibatch", 1) or (c["noise"] == "svag" and c["svag_l"] > 1)
+        assert c["optimizer"] == "sgd" and not c["use_preconditioner"], cid  # sgd: no momentum
+        # the study's pipeline: per-image crop of the zero-padded image, flip, no Cutout (noisy-GD pairs: none)
+        assert not c["cutout"] and c["normalization"] == "svag", cid
+        assert (c["crop_mode"], c["crop_padding"]) == ("image", "zero") or not c["augment"], cid
+        assert (c["noise"], c["svag_l"]) == ("minibatch", 1) or (c["noise"] == "svag" and c["svag_l"] > 1) or (
+            c["noise"] == "noisy_gd" and c["noisy_gd_examples"] == 50000), cid
 
 
 def test_design_conventions_hold_in_every_paper_cell(paper):

@@ -69,7 +69,7 @@ def test_the_cli_previews_the_paper_matrix_without_any_data(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "llqr_sam_imagenet (paper):" in proc.stdout and "hyperbolic_slcd (hlr_study):" in proc.stdout
-    assert "TOTAL paper, studies: 1263 cells + 42 tuning studies" in proc.stdout
+    assert "TOTAL paper, studies: 1381 cells + 42 tuning studies" in proc.stdout
     assert "resnet50-imagenet/llqr=off/seed42" in proc.stdout
     data = json.loads((tmp_path / "plan.json").read_text())
     assert math.isfinite(data["total"]["gpu_hours"]) and not (tmp_path / "data").exists()

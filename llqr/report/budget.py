@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from .budget_stats import power_law_fit, slcd_matrix, upper_mean
 from .collect import one_point_per_step
-from .figures import _colors, _no_data
+from .figures import mark_no_data, palette
 from .formats import simple_latex, simple_markdown, to_latex, to_markdown
 from .layout import label_order, ordered_keys, rows_matching, variant_name
 from .tables import layout, pivot
@@ -80,9 +80,9 @@ def budget_figure(surface: dict, table: pd.DataFrame, fits: pd.DataFrame) -> Fig
         mine = table[(table["preset"] == preset) & (table["n_ok"] > 0)]
         groups = ordered_keys(mine.to_dict("records"), others, label_order(surface)) if not mine.empty else []
         if not groups:
-            _no_data(ax)
+            mark_no_data(ax)
             continue
-        for key, color in zip(groups, _colors(len(groups))):
+        for key, color in zip(groups, palette(len(groups))):
             rows = rows_matching(mine, others, key)
             x = rows[axis].astype(float).to_numpy()
             y, err = rows["final_mean"].to_numpy(), rows["final_std"].fillna(0.0).to_numpy()
@@ -193,7 +193,7 @@ def slcd_figure(surface: dict, mats: list, budgets: list) -> Figure:
                     ax.text(j, i, f"{mat[i, j]:.3f}", ha="center", va="center", fontsize="x-small",
                             color="white" if mat[i, j] < 0.6 * vmax else "black")
     if not mats:
-        _no_data(panels[0])
+        mark_no_data(panels[0])
     for ax in panels[len(mats):]:
         ax.set_visible(False)
     if image is not None:

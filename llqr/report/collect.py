@@ -17,7 +17,7 @@ import pandas as pd
 ENTRY_COLUMNS = ["seed", "cell", "status", "final", "best", "final_step", "best_step", "diverged_at_step", "message"]
 CURVE_COLUMNS = ["cell", "event", "step", "value"]
 # Events whose lines carry each metric; metrics not listed come from evaluations.
-_EVENTS = {"train_loss": ("train",), "train_accuracy": ("train",)}
+_EVENTS = {"train_loss": ("train",), "train_accuracy": ("train",), "step_accuracy": ("train",)}
 _EVAL_EVENTS = ("eval", "final_eval")
 
 

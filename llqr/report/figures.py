@@ -24,12 +24,12 @@ MAX_COLUMNS = 4
 INSIDE_LEGEND = 6  # more variants than this: the legend goes under the panel, in two columns
 
 
-def _colors(n: int) -> list:
+def palette(n: int) -> list:
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _no_data(ax) -> None:
+def mark_no_data(ax) -> None:
     ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.5", fontsize="large")
 
 
@@ -81,7 +81,7 @@ def _panel(ax, title: str, surface: dict, axes: list, variants: list, entries: p
         handles.append(_draw_variant(ax, runs, mine, variant_name(variant) or "default", color))
         drawn = drawn or not mine.empty
     if not drawn:
-        _no_data(ax)
+        mark_no_data(ax)
     if len(handles) > INSIDE_LEGEND:
         ax.legend(handles=handles, fontsize="x-small", ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     elif handles:
@@ -106,13 +106,13 @@ def curves_figure(surface: dict, entries: pd.DataFrame, curves: pd.DataFrame) ->
     fig.suptitle(textwrap.fill(surface["title"], width=max(30, int(11 * 4.6 * ncols))), fontsize="medium")
     panels = fig.subplots(nrows, ncols, squeeze=False).ravel()
     if not panel_keys:
-        _no_data(panels[0])
+        mark_no_data(panels[0])
         return fig
     for ax in panels[len(panel_keys):]:
         ax.set_visible(False)
     runs = entries[["cell", "preset", *surface["axes"]]].drop_duplicates()
     points = curves.merge(runs, on="cell")  # a shared cell's curve serves every position it fills
-    colors = _colors(len(variants))
+    colors = palette(len(variants))
     panel_axes = ["preset", *([split] if split else [])]
     for ax, key in zip(panels, panel_keys):
         title = key[0] if len(order["preset"]) > 1 or not split else ""

@@ -10,6 +10,7 @@ from .budget import render_budget, render_slcd
 from .collect import curves_frame, entries_frame
 from .figures import curves_figure
 from .formats import excluded_cells, to_latex, to_markdown
+from .sweep import sweep_figure, sweep_frames
 from .tables import pivot, summarise
 
 # Output name -> file name inside the surface's directory; the workflow's named outputs match.
@@ -64,9 +65,10 @@ def render_surface(surface: dict, results_dir, out_dir) -> dict:
     else:
         table = summarise(entries, surface)
         grid = pivot(table, surface)
+        figure = (sweep_figure(surface, sweep_frames(surface, results_dir)) if kind == "sweep"
+                  else curves_figure(surface, entries, curves_frame(surface, results_dir)))
         parts = {"csv": table.to_csv(index=False), "md": to_markdown(grid, surface, excluded),
-                 "tex": to_latex(grid, surface, excluded),
-                 "figure": curves_figure(surface, entries, curves_frame(surface, results_dir))}
+                 "tex": to_latex(grid, surface, excluded), "figure": figure}
     write_text(paths["csv"], parts["csv"])
     write_text(paths["md"], parts["md"])
     write_text(paths["tex"], parts["tex"])

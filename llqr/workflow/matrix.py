@@ -65,6 +65,8 @@ class Surface:
     kind: str = "grid"  # grid: table of the metric; budget: metric vs budget + power law; slcd: curve differences
     budget_axis: str | None = None  # the axis whose labels are epoch budgets (kinds budget and slcd)
     panels: str | None = None  # the figure's panels: one per preset, or per preset and label of this axis
+    sweep_axis: str | None = None  # kind sweep: the axis whose numeric labels are the figure's x (log scale)
+    metrics: list | None = None  # kind sweep: one figure panel per metric (default: the surface metric)
     entries: list = field(default_factory=list)
 
     @property
@@ -87,6 +89,9 @@ class Surface:
             "kind": self.kind,
             "budget_axis": self.budget_axis,
             "panels": self.panels,
+            "sweep_axis": self.sweep_axis,
+            "metrics": self.metrics or [self.metric],
+            "modes": {m: METRICS[m] for m in self.metrics or [self.metric]},
             "entries": [
                 {"cell": e.cell_id, "preset": e.preset, "labels": e.labels, "seed": e.seed} for e in self.entries
             ],
@@ -103,6 +108,31 @@ class Matrix:
         """The surfaces a group target builds (``studies``: every study's group)."""
         groups = TARGET_GROUPS.get(name, (name,))
         return [s for s, surf in self.surfaces.items() if surf.group in groups]
+
+
+def _check_sweep(surface: Surface, axes: dict) -> None:
+    """kind sweep: sweep_axis names an axis whose labels are positive numbers; metrics are known."""
+    name = surface.name
+    if (surface.kind == "sweep") != (surface.sweep_axis is not None):
+        raise surface_error(name, "sweep_axis goes with kind sweep (and kind sweep needs it)")
+    if surface.metrics is not None and surface.kind != "sweep":
+        raise surface_error(name, "metrics (one figure panel each) goes with kind sweep")
+    for metric in surface.metrics or []:
+        if metric not in METRICS:
+            raise surface_error(name, f"unknown metric '{metric}' in metrics (allowed: {', '.join(METRICS)})")
+    if surface.sweep_axis is None:
+        return
+    if surface.sweep_axis not in axes:
+        raise surface_error(name, f"sweep_axis '{surface.sweep_axis}' is not an axis "
+                                  f"(axes: {', '.join(axes) or 'none'})")
+    for label, _ in axes[surface.sweep_axis]:
+        try:
+            ok = float(label) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise surface_error(name, f"sweep axis '{surface.sweep_axis}': label {label!r} is not a positive number "
+                                      "(the figure's x axis is logarithmic)")
 
 
 def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=None, studies=None) -> Surface:
@@ -152,14 +182,17 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
         kind=spec.get("kind", "grid"),
         budget_axis=spec.get("budget_axis"),
         panels=spec.get("panels"),
+        sweep_axis=spec.get("sweep_axis"),
+        metrics=spec.get("metrics"),
     )
     if surface.kind not in KINDS:
         raise surface_error(name, f"unknown kind '{surface.kind}' (allowed: {', '.join(KINDS)})")
+    _check_sweep(surface, axes)
     for key in ("budget_axis", "panels"):
         if getattr(surface, key) is not None and getattr(surface, key) not in axes:
             raise surface_error(name, f"{key} '{getattr(surface, key)}' is not an axis "
                                       f"(axes: {', '.join(axes) or 'none'})")
-    if surface.kind != "grid" and surface.budget_axis is None:
+    if surface.kind in ("budget", "slcd") and surface.budget_axis is None:
         raise surface_error(name, f"kind {surface.kind} needs budget_axis: the axis whose labels are epoch budgets")
     if surface.budget_axis is not None:
         for label, _ in axes[surface.budget_axis]:
