@@ -109,28 +109,35 @@ def test_noise_study_config_errors(overrides, message):
         resolve("digits-mlp", overrides)
 
 
+SVAG_DEMOS = ["demo_svag", "demo_svag_convergence_b64", "demo_svag_convergence_b1024", "demo_svag_baselines",
+              "demo_svag_architectures", "demo_svag_triangle", "demo_svag_cosine", "demo_lsr", "demo_lsr_further",
+              "demo_lsr_noise", "demo_noisy_gd", "demo_noisy_gd_wide", "demo_noisy_gd_small_batch"]
+
+
 @pytest.mark.workflow
 def test_study_surfaces_render_from_a_shrunken_run(tmp_path):
-    """The demo's study surfaces, shrunk (fewer variants, a few steps), through Snakemake."""
+    """The demo's study surfaces, shrunk (one preset, fewer variants, a few steps), through Snakemake:
+    SINGD's memory table and every SVAG-study family (grid, sweep and step-accuracy surfaces)."""
     import copy
+    import csv
 
     import yaml
 
     from conftest import REPO, run_snakemake, write_yaml
 
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["surfaces"]
-    keep = {"optimizer": ["singd-diagonal"], "batch": ["16", "512"], "l": ["1", "2"], "precision": ["fp32"]}
+    keep = {"optimizer": ["singd-diagonal"], "batch": ["32", "512"], "l": ["2"], "precision": ["fp32"]}
     shrink = {"max_steps": 6, "test_eval_freq": 3, "logging_freq": 3, "report_freq": 100, "mlp_hidden": [16]}
-    # one surface per metric kind; the rest read the same cells (their own tests run the methods)
-    study = ["demo_singd_memory", "demo_svag", "demo_lsr_noise", "demo_noisy_gd"]
+    study = ["demo_singd_memory", *SVAG_DEMOS]
     surfaces = {name: None for name in base}
     for name in study:
         spec = copy.deepcopy(base[name])
-        spec["seeds"] = [42]
+        spec["seeds"], spec["presets"] = [42], spec["presets"][:1]
         for axis, labels in keep.items():
             if axis in spec["axes"]:
                 spec["axes"][axis] = [v for v in spec["axes"][axis] if v["label"] in labels]
-        extra = {"noise_stats_from_epoch": 0.0, "noise_stats_batches": 2} if "lsr" in name else {}
+        extra = {"noise_stats_from_epoch": 0.0, "noise_stats_to_epoch": None, "noise_stats_every": None,
+                 "noise_stats_batches": 2, "noise_stats_examples": None} if "lsr" in name else {}
         spec["rules"] = spec.get("rules", []) + [{"when": {}, "set": {**shrink, **extra}}]
         surfaces[name] = spec
     config = write_yaml(tmp_path / "studies.yaml", {"surfaces": surfaces})
@@ -139,8 +146,11 @@ def test_study_surfaces_render_from_a_shrunken_run(tmp_path):
     run_snakemake(["--cores", "2", "demo_extra", "--configfile", str(config)], work)  # the studies' demo group
     for name in study:
         out = work / "results" / "surfaces" / name
-        table = (out / "table.csv").read_text()
-        assert (out / "figure.png").stat().st_size > 0 and ",ok," in table and ",missing," not in table, name
+        rows = list(csv.DictReader((out / "table.csv").open()))
+        assert (out / "figure.png").stat().st_size > 0 and rows, name
+        assert all(r["status"] == "ok" and float(r["final_mean"]) > 0 for r in rows), (name, rows)
+    noise = list(csv.DictReader((work / "results" / "surfaces" / "demo_lsr_noise" / "table.csv").open()))
+    assert {r["metric"] for r in noise} == {"noise_ratio"} and len(noise) == 2
 
 
 def test_noisy_gd_subset_larger_than_the_data_is_refused_before_training(tmp_path, digits_root):
