@@ -110,8 +110,9 @@ def test_noise_study_config_errors(overrides, message):
 
 
 SVAG_DEMOS = ["demo_svag", "demo_svag_convergence_b64", "demo_svag_convergence_b1024", "demo_svag_baselines",
-              "demo_svag_architectures", "demo_svag_triangle", "demo_svag_cosine", "demo_lsr", "demo_lsr_further",
-              "demo_lsr_noise", "demo_noisy_gd", "demo_noisy_gd_wide", "demo_noisy_gd_small_batch"]
+              "demo_svag_architectures", "demo_svag_unnormalized", "demo_svag_triangle", "demo_svag_cosine",
+              "demo_lsr", "demo_lsr_further", "demo_lsr_noise", "demo_noisy_gd", "demo_noisy_gd_wide",
+              "demo_noisy_gd_small_batch"]
 
 
 @pytest.mark.workflow
