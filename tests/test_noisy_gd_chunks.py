@@ -108,7 +108,7 @@ def test_the_studys_50k_subset_is_accepted_and_sharded_in_chunks():
 @pytest.mark.parametrize("overrides,message", [
     ({"noisy_gd_examples": 50000, "noisy_gd_chunk": 3000}, r"must divide noisy_gd_examples=50000:.*e\.g\. 3125"),
     ({"norm": "bn", "noisy_gd_examples": 50000, "noisy_gd_chunk": 5000},
-     "model=preresnet32 \\(BatchNorm\\): each chunk would be normalised with its own batch statistics"),
+     "model=svag_preresnet32 \\(BatchNorm\\): each chunk would be normalised with its own batch statistics"),
     ({"noisy_gd_examples": None, "noisy_gd_chunk": 7000}, "must divide the noisy-GD subset, here the whole 50000"),
 ])
 def test_chunks_that_cannot_give_the_whole_subset_step_are_refused_before_a_job(overrides, message):
