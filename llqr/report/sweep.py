@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .collect import entries_frame
+from .collect import ENTRY_COLUMNS, entries_frame
 from .figures import mark_no_data, palette, status_suffix
 from .layout import label_order, ordered_keys, rows_matching, variant_name
 
@@ -27,8 +27,7 @@ MAX_COLUMNS = 3
 def sweep_points(entries: pd.DataFrame, axis: str) -> pd.DataFrame:
     """Per position: the sweep value, the mean/min/max of the final values over the ok seeds."""
     ok = entries[entries["status"] == "ok"].dropna(subset=["final"])
-    keys = [c for c in entries.columns if c not in ("seed", "cell", "status", "final", "best", "final_step",
-                                                     "best_step", "diverged_at_step", "message")]
+    keys = [c for c in entries.columns if c not in ENTRY_COLUMNS]  # preset and the axes
     if ok.empty:
         return pd.DataFrame(columns=[*keys, "x", "mean", "min", "max"])
     stats = ok.groupby(keys, sort=False)["final"].agg(["mean", "min", "max"]).reset_index()
