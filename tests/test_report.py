@@ -233,3 +233,25 @@ def test_workflow_script(results, tmp_path, monkeypatch):
     assert not out.exists()
     script(allow_missing=True)
     assert all((out / filename).is_file() for filename in OUTPUTS.values())
+
+
+def test_sweep_points_and_log_axes():
+    """kind sweep: per position the mean/min/max of the ok seeds' final values at x = the axis label,
+    sorted by x; noise statistics on a log y axis, every panel on a log2 x axis."""
+    from llqr.report.sweep import sweep_figure, sweep_points
+
+    rows = [("p", "512", 42, "ok", 1.0), ("p", "512", 43, "ok", 3.0), ("p", "8", 42, "ok", 40.0),
+            ("p", "8", 43, "diverged", None), ("q", "8", 42, "failed", None)]
+    entries = pd.DataFrame([{"preset": p, "batch": b, "seed": s, "cell": f"{p}/{b}/{s}", "status": st, "final": f,
+                             "best": f, "final_step": 1, "best_step": 1, "diverged_at_step": None, "message": ""}
+                            for p, b, s, st, f in rows])
+    points = sweep_points(entries, "batch")
+    assert list(points["x"]) == [8.0, 512.0] and list(points["preset"]) == ["p", "p"]
+    assert list(points["mean"]) == [40.0, 2.0] and list(points["min"]) == [40.0, 1.0]
+    surface = {"title": "t", "sweep_axis": "batch", "axes": {"batch": ["8", "512"]},
+               "entries": [{"preset": p} for p in ("p", "q")]}
+    fig = sweep_figure(surface, {"test_accuracy": entries, "noise_ratio": entries})
+    acc, noise = fig.axes[:2]
+    assert acc.get_xscale() == noise.get_xscale() == "log"
+    assert acc.get_yscale() == "linear" and noise.get_yscale() == "log"
+    assert [t.get_text() for t in acc.get_legend().get_texts()] == ["p (1/4 diverged)", "q (failed) (no data)"]

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from .collect import ENTRY_COLUMNS, entries_frame
 from .figures import mark_no_data, palette, status_suffix
@@ -43,22 +44,21 @@ def _panel(ax, metric: str, surface: dict, entries: pd.DataFrame, lines: list, o
     if metric in LOG_Y_METRICS:
         ax.set_yscale("log")
     points = sweep_points(entries, axis)
-    drawn = False
+    handles = []
     for line, color in zip(lines, colors):
         mine = rows_matching(points, ["preset", *others], line)
         runs = rows_matching(entries, ["preset", *others], line)
         label = variant_name(line) + status_suffix(list(runs["status"]))
         positive = mine[mine["mean"] > 0] if metric in LOG_Y_METRICS else mine
         if positive.empty:
-            ax.plot([], [], color=color, linestyle="--", alpha=0.4, label=f"{label} (no data)")
+            handles.append(Line2D([], [], color=color, linestyle="--", alpha=0.4, label=f"{label} (no data)"))
             continue
         err = np.vstack([positive["mean"] - positive["min"], positive["max"] - positive["mean"]])
-        ax.errorbar(positive["x"], positive["mean"], yerr=err, color=color, marker="o", markersize=3, capsize=2,
-                    label=label)
-        drawn = True
-    if not drawn:
+        handles.append(ax.errorbar(positive["x"], positive["mean"], yerr=err, color=color, marker="o", markersize=3,
+                                   capsize=2, label=label))
+    if all(isinstance(h, Line2D) for h in handles):
         mark_no_data(ax)
-    ax.legend(fontsize="x-small")
+    ax.legend(handles=handles, fontsize="x-small")
 
 
 def sweep_figure(surface: dict, frames: dict) -> Figure:
