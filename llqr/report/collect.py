@@ -19,6 +19,15 @@ CURVE_COLUMNS = ["cell", "event", "step", "value"]
 # Events whose lines carry each metric; metrics not listed come from evaluations.
 _EVENTS = {"train_loss": ("train",), "train_accuracy": ("train",), "step_accuracy": ("train",)}
 _EVAL_EVENTS = ("eval", "final_eval")
+# Metrics computed from a logged one: test error (%) as the SINGD study plots it.
+DERIVED = {"test_error": ("test_accuracy", lambda accuracy: 100.0 - accuracy)}
+
+
+def _value(record: dict, metric: str):
+    """The metric's finite value in one metrics.jsonl record (a derived metric from its source), or None."""
+    source, transform = DERIVED.get(metric, (metric, None))
+    value = _number(record.get(source))
+    return transform(value) if transform and value is not None else value
 
 
 def cell_dir(results_dir, cell_id: str) -> Path:
@@ -140,7 +149,7 @@ def read_curve(results_dir, cell_id: str, metric: str, x: str = "step") -> pd.Da
                 continue
             if not isinstance(record, dict) or record.get("event") not in events:
                 continue
-            value, step = _number(record.get(metric)), record.get(x, record.get("step"))
+            value, step = _value(record, metric), record.get(x, record.get("step"))
             if value is not None and isinstance(step, (int, float)):
                 step = int(step) if x == "step" else float(step)
                 points.append({"cell": cell_id, "event": record["event"], "step": step, "value": value})
