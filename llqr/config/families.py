@@ -19,13 +19,17 @@ MODELS = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramid
           "preresnet32", "vgg16", "vgg19", "si_mlp",
           # the SVAG study's own forms (affine-free eps-0 norms, frozen head; resnet32 its plain control): ours
           "svag_preresnet32", "svag_vgg16", "svag_vgg19", "resnet32",
-          # the HyperbolicLR study's CIFAR-10 models: ours
-          "simple_cnn", "simple_vit",
+          # the HyperbolicLR study's CIFAR models (ResNetCIFAR-34/-50: torchvision's with a 3x3 stem): ours
+          "simple_cnn", "simple_vit", "resnet34", "resnet50_cifar",
           # the LLQR code's other public presets (vit-ti16-cifar100-adamw, grokking)
-          "vit_ti16", "grok_transformer")
+          "vit_ti16", "grok_transformer",
+          # the SINGD study's vision models (llqr/models/convmixer.py, cct.py): ours
+          "convmixer", "cct")
 # Models whose training-mode output depends on the rest of the batch (BatchNorm batch statistics):
 # always, or with norm=bn for the models whose ``norm`` key picks the normalisation (ours).
-BATCHNORM_MODELS = ("resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "resnet32")
+BATCHNORM_MODELS = ("resnet18", "resnet34", "resnet50", "resnet50_cifar", "vgg16bn", "wide_resnet28x10",
+                    "pyramidnet110", "resnet32",
+                    "convmixer")
 NORM_KEY_MODELS = ("preresnet32", "vgg16", "vgg19", "svag_preresnet32", "svag_vgg16", "svag_vgg19")
 
 # --- datasets (llqr.data.load_dataset; prepared files: llqr.data.paths) ----------------------------
@@ -34,10 +38,16 @@ TRANSLATION_DATASETS = ("iwslt14_de_en", "synth_de_en")  # synth_de_en: ours, th
 MODULAR_DATASETS = ("mod_sum",)
 # held as arrays (train_fraction subsets them); svhn: ours, the SVAG study's third dataset
 IN_MEMORY_DATASETS = ("digits", "mnist", "cifar10", "cifar100", "svhn")
-DATASETS = (*IN_MEMORY_DATASETS, "imagenet", *TRANSLATION_DATASETS, *MODULAR_DATASETS)
+# the SINGD study's: Cora (one graph, full-graph training; llqr/data/cora.py) and ImageNet-100 (the
+# user's ImageNet packed with its 100-class subset, llqr/data/imagenet100.py): ours
+GRAPH_DATASETS = ("cora",)
+PACKED_IMAGENET_DATASETS = ("imagenet", "imagenet100")
+DATASETS = (*IN_MEMORY_DATASETS, *PACKED_IMAGENET_DATASETS, *TRANSLATION_DATASETS, *MODULAR_DATASETS,
+            *GRAPH_DATASETS)
 
 # --- optimizers -----------------------------------------------------------------------------------
-KRONECKER_OPTIMIZERS = ("singd", "ikfac", "kfac")  # ours: the SINGD study's optimizers (llqr.optim.singd)
+KRONECKER_OPTIMIZERS = ("singd", "ingd", "ikfac", "kfac")  # ours: the SINGD study's optimizers (llqr.optim.singd);
+# ingd = INGD (Lin et al. 2023), SINGD with dense factors
 LR_FREE_OPTIMIZERS = ("prodigy", "dadapt_adamw")  # ours: optax.contrib's, for the HyperbolicLR study (lr 1)
 OPTIMIZERS = ("sgd", "polyak", "adam", "adamw", "adamw_b2-98", "adamw_b2-95", *KRONECKER_OPTIMIZERS,
               *LR_FREE_OPTIMIZERS)

@@ -25,7 +25,15 @@ def layer_of(name: str):
         from .transformer import controlled_layer
 
         return controlled_layer
+    if name in ("convmixer", "cct"):
+        return module_layer
     return None
+
+
+def module_layer(names: tuple[str, ...]) -> str:
+    """The module owning a parameter (its path without the leaf name), or the leaf itself for a
+    top-level parameter (a position table): the layers of the nested (non-stage) models."""
+    return "/".join(names[:-1]) or names[0]
 
 
 def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
@@ -42,14 +50,14 @@ def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
         from .mlp import MLP
 
         return MLP(hidden=tuple(cfg.mlp_hidden), num_classes=num_classes, dropout_rate=cfg.dropout_rate)
-    if name == "resnet18":
+    if name in ("resnet18", "resnet34"):
         from .resnet18 import ResNet18
 
-        return ResNet18(num_classes=num_classes)
-    if name == "resnet50":
+        return ResNet18(num_classes=num_classes, blocks=(2, 2, 2, 2) if name == "resnet18" else (3, 4, 6, 3))
+    if name in ("resnet50", "resnet50_cifar"):
         from .resnet50 import ResNet50
 
-        return ResNet50(num_classes=num_classes)
+        return ResNet50(num_classes=num_classes, stem="cifar" if name == "resnet50_cifar" else "imagenet")
     if name == "vgg16bn":
         from .vgg import DROPOUT, VGG16BN
 
@@ -122,6 +130,14 @@ def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
         # the vocabulary is the K residues plus the op and = tokens
         return GrokTransformer(num_classes=num_classes, vocab=num_classes + 2, dim=cfg.grok_dim, depth=cfg.grok_depth,
                                heads=4, head_dim=cfg.grok_dim // 4, mlp_dim=4 * cfg.grok_dim)
+    if name == "convmixer":
+        from .convmixer import ConvMixer
+
+        return ConvMixer(num_classes=num_classes)
+    if name == "cct":
+        from .cct import CCT
+
+        return CCT(num_classes=num_classes)
     raise ModelNotAvailable(
         f"model '{name}' (preset '{cfg.preset}') is not implemented in this version of llqr; "
         f"available models: {', '.join(MODELS)}. The workflow still lists its cells (snakemake -n)."

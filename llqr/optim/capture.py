@@ -14,6 +14,12 @@ Matrix views (rows: samples, or samples x positions):
   the layer has a bias, so the bias is the last row of the augmented (d_in+1, d_out) weight.
 - ``g`` (R, d_out): dL/d(layer output) for the loss as given, so that kernel grad = aᵀg exactly.
 
+A grouped conv (``feature_group_count`` G > 1, e.g. depthwise: G = cin) is captured as the SINGD
+code captures a grouped Conv2d: the patch columns are those of the input averaged over the G
+channel groups, (R, kh*kw*cin/G), matching the kernel's (kh*kw*cin/G, cout) view. A is then an
+approximation (aᵀg is the kernel gradient only where the groups' inputs coincide); the update
+still preconditions the exact autodiff gradient.
+
 Factor convention (KFAC-"expand", as in SINGD with U = aᵀ/√B and V = √B·gᵀ), for a loss that is
 the mean over B = x.shape[0] samples and R = B·P rows (P = positions per sample, 1 for a plain
 Dense layer):
@@ -58,14 +64,26 @@ def _compute_dtype(module, x):
     return module.dtype or jnp.result_type(x.dtype, module.param_dtype)
 
 
+def group_mean(x, groups: int):
+    """The channel axis (last) of ``x`` averaged over ``groups`` consecutive channel groups:
+    (..., groups*c) -> (..., c). SINGD's treatment of a grouped (e.g. depthwise) Conv2d: its
+    kernel (kh, kw, c, cout) is preconditioned like a plain conv whose input is the group mean."""
+    if groups == 1:
+        return x
+    return x.reshape(x.shape[:-1] + (groups, x.shape[-1] // groups)).mean(axis=-2)
+
+
 def conv_patches(module: nn.Conv, x) -> jnp.ndarray:
-    """(R, kh*kw*cin) patches of the conv input, R = batch x output positions, ordered so that
-    patches @ kernel.reshape(-1, cout) equals the conv output (without bias)."""
+    """(R, kh*kw*cin/groups) patches of the conv input, R = batch x output positions, ordered so that
+    patches @ kernel.reshape(-1, cout) equals the conv output (without bias) of an ungrouped conv;
+    with ``feature_group_count`` > 1 the patches are those of the input averaged over the channel
+    groups (``group_mean``), as the SINGD code does for a grouped Conv2d."""
     ks = _bcast(module.kernel_size, 1)
     nd = len(ks)
-    if module.feature_group_count != 1 or module.mask is not None:
-        raise NotImplementedError("capture supports plain convolutions only (feature_group_count=1, no mask)")
+    if module.mask is not None:
+        raise NotImplementedError("capture supports unmasked convolutions only")
     x = x.reshape((-1,) + x.shape[x.ndim - nd - 1:])  # flatten batch dims like nn.Conv does
+    x = group_mean(x, module.feature_group_count)
     kdil = _bcast(module.kernel_dilation, nd)
     pad = canonicalize_padding(module.padding, nd)
     if pad in ("CIRCULAR", "REFLECT"):  # nn.Conv pads explicitly, then runs VALID
