@@ -33,6 +33,10 @@ CIFAR = (32, 32, 3)
 COUNTS = [
     ("resnet18", {}, 10, CIFAR, 11_173_962),
     ("resnet18", {}, 100, CIFAR, 11_220_132),
+    # the HyperbolicLR study's ResNetCIFAR: torchvision's counts (21,797,672 / 25,557,032 at K=1000) with the
+    # 7x7 stem conv (9,408) replaced by a 3x3 one (1,728) and the head at K=10
+    ("resnet34", {}, 10, CIFAR, 21_282_122),
+    ("resnet50_cifar", {}, 10, CIFAR, 23_520_842),
     ("vgg16bn", {}, 10, CIFAR, 15_253_578),
     ("vgg16bn", {}, 100, CIFAR, 15_299_748),
     ("pyramidnet110", {}, 10, CIFAR, 18_323_787),

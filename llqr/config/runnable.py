@@ -19,7 +19,8 @@ _INPUT_SIZE = {"digits": 8 * 8, "mnist": 28 * 28, "cifar10": 32 * 32 * 3, "cifar
 _CLASSES = {"cifar100": 100, "imagenet": 1000}
 # Image models with far more than EXACT_MAX_PARAMS parameters at every size the config allows (the
 # smallest, simple_cnn on digits, has 133,354).
-_LARGE_MODELS = ("resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "preresnet32", "vgg16",
+_LARGE_MODELS = ("resnet18", "resnet34", "resnet50", "resnet50_cifar",
+                 "vgg16bn", "wide_resnet28x10", "pyramidnet110", "preresnet32", "vgg16",
                  "vgg19", "simple_cnn", "simple_vit", "vit_ti16", "svag_preresnet32", "svag_vgg16", "svag_vgg19",
                  "resnet32")
 

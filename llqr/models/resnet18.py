@@ -1,14 +1,17 @@
-"""ResNet-18, CIFAR variant (3x3 stem, no max-pool), as a flat list of stages.
+"""ResNet-18 and -34, CIFAR variant (3x3 stem, no max-pool), as a flat list of stages.
 
-stem conv3x3/1 (no bias) -> BN -> ReLU; eight BasicBlocks (64, 64, 128, 128, 256, 256, 512, 512;
-stride 2 on the first block of stages 2-4, where a 1x1 conv + BN projects the skip); global
-average pool -> Dense K -> log_softmax. BatchNorm uses Flax's defaults (momentum 0.99, eps 1e-5).
-Every Conv, BatchNorm and the Dense is its own controlled layer. 11,173,962 parameters for K=10,
-11,220,132 for K=100. ``width`` scales all channels (64 = the paper model; smaller for tests).
+stem conv3x3/1 (no bias) -> BN -> ReLU; BasicBlocks in four stages of widths 64, 128, 256, 512
+(``blocks`` per stage: (2, 2, 2, 2) = ResNet-18, (3, 4, 6, 3) = ResNet-34; stride 2 on the first
+block of stages 2-4, where a 1x1 conv + BN projects the skip); global average pool -> Dense K ->
+log_softmax. BatchNorm uses Flax's defaults (momentum 0.99, eps 1e-5). Every Conv, BatchNorm and
+the Dense is its own controlled layer. ResNet-18: 11,173,962 parameters for K=10, 11,220,132 for
+K=100; ResNet-34: 21,282,122 for K=10 (torchvision's with the 3x3 stem, the HyperbolicLR study's
+ResNetCIFAR). ``width`` scales all channels (64 = the paper model; smaller for tests).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -35,6 +38,7 @@ def basic_block(b: Builder, prefix: str, features: int, stride: int, project: bo
 class ResNet18(StageNet):
     num_classes: int = 10
     width: int = 64
+    blocks: Sequence[int] = (2, 2, 2, 2)
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -44,11 +48,12 @@ class ResNet18(StageNet):
         b.conv("stem_conv", self.width, 3, 1)
         b.bn("stem_bn", BN_MOMENTUM)
         b.add(Relu())
-        in_features = self.width
-        for i, (mult, stride) in enumerate(((1, 1), (1, 1), (2, 2), (2, 1), (4, 2), (4, 1), (8, 2), (8, 1))):
-            features = self.width * mult
-            basic_block(b, f"block_{i}", features, stride, project=stride != 1 or features != in_features)
-            in_features = features
+        in_features, k = self.width, 0
+        for s, count in enumerate(self.blocks):
+            for j in range(count):
+                features, stride = self.width * 2**s, 2 if s > 0 and j == 0 else 1
+                basic_block(b, f"block_{k}", features, stride, project=stride != 1 or features != in_features)
+                in_features, k = features, k + 1
         b.add(GlobalAvgPool())
         b.dense("logits", self.num_classes)
         b.add(LogSoftmax())

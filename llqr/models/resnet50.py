@@ -6,6 +6,8 @@ conv7x7/2 64 (no bias) -> BN -> ReLU -> max-pool 3/2 ('SAME'); bottlenecks [3, 4
 Dense K -> log_softmax. BatchNorm uses Flax's defaults (momentum 0.99, eps 1e-5). Every Conv,
 BatchNorm and the Dense is its own controlled layer. 25,557,032 parameters for K=1000 (224x224
 input; the count does not depend on the input size). ``width`` and ``blocks`` shrink it for tests.
+``stem="cifar"``: a conv3x3/1 stem without the max-pool, the HyperbolicLR study's ResNetCIFAR-50
+(torchvision's ResNet-50 with that stem): 23,520,842 parameters for K=10.
 """
 
 from __future__ import annotations
@@ -42,16 +44,19 @@ class ResNet50(StageNet):
     num_classes: int = 1000
     width: int = 64
     blocks: Sequence[int] = (3, 4, 6, 3)
+    stem: str = "imagenet"  # or "cifar": conv3x3/1, no max-pool
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
     @nn.nowrap
     def stages(self):
         b = Builder(self.dtype, self.param_dtype)
-        b.conv("stem_conv", self.width, 7, 2)
+        cifar = self.stem == "cifar"
+        b.conv("stem_conv", self.width, 3 if cifar else 7, 1 if cifar else 2)
         b.bn("stem_bn", BN_MOMENTUM)
         b.add(Relu())
-        b.add(MaxPool(window=3, stride=2, padding="SAME"))
+        if not cifar:
+            b.add(MaxPool(window=3, stride=2, padding="SAME"))
         k = 0
         for s, count in enumerate(self.blocks):
             for j in range(count):
