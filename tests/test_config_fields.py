@@ -51,7 +51,8 @@ def test_the_derived_tables_are_the_historical_ones():
                                            "normalization": "reference", "noisy_gd_chunk": None,
                                            "noise_stats_to_epoch": None, "noise_stats_examples": None,
                                            "noise_stats_full_grad_examples": 4096, "noise_stats_every": None,
-                                           "log_step_accuracy": False}
+                                           "log_step_accuracy": False, "kfac_precision": "run",
+                                           "operator_width": None, "operator_depth": None}
     assert fields.TRANSFORMER_KEYS == {"embed_dim", "ffn_dim", "attention_heads", "encoder_layers", "decoder_layers"}
     assert fields.TRANSLATION_KEYS == {"max_tokens", "num_buckets", "full_eval_freq", "full_eval_at_end",
                                        "bleu_sampled_freq", "bleu_max_examples", "beam_size"}
@@ -60,11 +61,13 @@ def test_the_derived_tables_are_the_historical_ones():
         "norm": ("preresnet32", "vgg16", "vgg19", "svag_preresnet32", "svag_vgg16", "svag_vgg19"),
         "width": ("preresnet32", "svag_preresnet32"), "scale_invariant": ("preresnet32",),
         "grok_dim": ("grok_transformer",),
-        "grok_depth": ("grok_transformer",), **{k: ("transformer_iwslt",) for k in fields.TRANSFORMER_KEYS}}
+        "grok_depth": ("grok_transformer",), **{k: ("transformer_iwslt",) for k in fields.TRANSFORMER_KEYS},
+        **dict.fromkeys(("operator_width", "operator_depth"), ("deeponet", "tfonet"))}
     assert fields.NOISE_KEYS == {"svag_l": ("svag",), "svag_variant": ("svag",), "noisy_gd_examples": ("noisy_gd",),
                                  "noisy_gd_chunk": ("noisy_gd",)}
     assert fields.OPTIMIZER_ONLY_KEYS == {
-        "singd_structure": ("singd",), "lr_cov": ("singd", "ikfac"), "singd_alpha1": ("singd",), "kfac_ema": ("kfac",),
+        "singd_structure": ("singd",), "lr_cov": ("singd", "ingd", "ikfac"), "singd_alpha1": ("singd", "ingd"),
+        "kfac_ema": ("kfac",),
         "prodigy_d_coef": ("prodigy",), "factor_update_every": fields.KRONECKER_OPTIMIZERS,
         "factor_damping": fields.KRONECKER_OPTIMIZERS}
     cifar = ("cifar10", "cifar100")

@@ -160,3 +160,28 @@ def test_noisy_gd_subset_larger_than_the_data_is_refused_before_training(tmp_pat
         run(cfg, cell_id="n/big/seed42", results_dir=tmp_path / "r", checkpoints_dir=tmp_path / "c",
             data_root=digits_root, out=lambda _line: None)
     assert not list(tmp_path.rglob("summary.json"))
+
+
+@pytest.mark.slow
+def test_an_unstable_bf16_kfac_inverse_ends_the_run_as_diverged(tmp_path, digits_root):
+    """Undamped factors of the digits inputs are singular (constant pixels): bf16 Gauss-Jordan meets
+    a zero pivot, the inverse turns inf/NaN and the loop's deferred NaN check records diverged."""
+    cfg = resolve("digits-mlp-smoke", {"use_preconditioner": False, "optimizer": "kfac", "precision": "bf16",
+                                       "factor_damping": 0.0, "factor_update_every": 1, "max_steps": 4})
+    summary = run(cfg, cell_id="k/nan/seed42", results_dir=tmp_path / "r", checkpoints_dir=tmp_path / "c",
+                  data_root=digits_root, out=lambda _line: None)
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] is not None, summary
+
+
+def test_peak_memory_is_recorded_and_grows_with_the_batch_size(tmp_path, digits_root):
+    finals = {}
+    for batch in (8, 256):
+        cfg = resolve("digits-mlp-smoke", {"use_preconditioner": False, "optimizer": "kfac", "max_steps": 2,
+                                           "batch_size": batch})
+        finals[batch] = run(cfg, cell_id=f"k/b{batch}/seed42", results_dir=tmp_path / "r",
+                            checkpoints_dir=tmp_path / "c", data_root=digits_root,
+                            out=lambda _line: None)["final_metrics"]
+    for final in finals.values():
+        assert final["peak_memory_source"] in ("compiled", "device") and final["step_memory_bytes"] > 0
+        assert final["peak_memory_bytes"] >= final["opt_state_bytes"]
+    assert finals[256]["step_memory_bytes"] > finals[8]["step_memory_bytes"] + 248 * 64 * 4  # the batch's inputs

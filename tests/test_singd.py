@@ -254,3 +254,39 @@ def test_state_bytes_ordering():
              for s in ("diagonal", "block_diagonal", "dense")}
     assert sizes["diagonal"] < sizes["block_diagonal"] < sizes["dense"]
     assert S.state_bytes(jax.eval_shape(S.kfac().init, params)) > sizes["dense"] // 2
+
+
+@pytest.mark.parametrize("kfac_precision", ["run", "fp32"])
+def test_kfac_under_bf16_inverts_in_the_chosen_precision(kfac_precision):
+    """precision=bf16: kfac_precision=run averages and inverts the factors in bf16 (no float32
+    anywhere in the refresh's factor arithmetic), fp32 keeps float32 Cholesky inverses."""
+    from llqr.config import build_config
+    from llqr.train.optimizers import kronecker_tx
+
+    cfg = build_config({"optimizer": "kfac", "precision": "bf16", "kfac_precision": kfac_precision,
+                        "use_preconditioner": False, "factor_damping": 1e-2})
+    tx = kronecker_tx(cfg, 0.1)
+    params = {"d": {"kernel": jnp.zeros((5, 3), jnp.bfloat16), "bias": jnp.zeros((3,), jnp.bfloat16)}}
+    rng = np.random.default_rng(0)
+    A, G = _spd(rng, 6), _spd(rng, 3)
+    factors = {"d/kernel": (jnp.asarray(A, jnp.bfloat16), jnp.asarray(G, jnp.bfloat16))}
+    refresh = jax.jit(lambda s: S.refresh(s, factors, params))
+    state = refresh(tx.init(params))
+    kf = state[0]
+    want = jnp.bfloat16 if kfac_precision == "run" else jnp.float32
+    assert all(x.dtype == want for x in jax.tree_util.tree_leaves((kf.factors, kf.inverses)))
+    eps = np.sqrt(1e-2)  # damping_mode sqrt
+    Ai = np.asarray(kf.inverses["d/kernel"][0], np.float64)
+    np.testing.assert_allclose(Ai, np.linalg.inv(np.asarray(factors["d/kernel"][0], np.float64) + eps * np.eye(6)),
+                               rtol=0.1 if want == jnp.bfloat16 else 1e-4, atol=0.05 if want == jnp.bfloat16 else 1e-5)
+    jaxpr = str(jax.make_jaxpr(refresh)(tx.init(params)))
+    assert ("cholesky" in jaxpr) == (kfac_precision == "fp32")
+    assert ("f32[6,6]" in jaxpr) == (kfac_precision == "fp32")  # the bf16 route never widens a factor
+
+
+def test_bf16_kfac_inverse_of_a_singular_factor_is_non_finite_not_an_error():
+    M = jnp.asarray([[1.0, 1.0], [1.0, 1.0]], jnp.bfloat16)  # rank one: the second pivot vanishes
+    assert not np.isfinite(np.asarray(S.gauss_jordan_inverse(M), np.float32)).all()
+    R = _spd(np.random.default_rng(1), 7)
+    np.testing.assert_allclose(np.asarray(S.gauss_jordan_inverse(jnp.asarray(R, jnp.float32))), np.linalg.inv(R),
+                               rtol=1e-4, atol=1e-5)

@@ -10,17 +10,18 @@ import pytest
 from llqr.config import ConfigError, build_config, load_preset
 from llqr.report.budget_stats import power_law_fit, slcd, slcd_matrix, smooth, upper_mean
 from llqr.tune.space import check_space
-from llqr.tune.study import run_study
+from llqr.tune.study import run_study, spec_hash
 from llqr.workflow.matrix import expand
 
 SPACE = {"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}, "lr_scheduler.upper_bound": {"choices": [25, 30]}}
 
 
-def _spec(trials=4):
+def _spec(trials=4, sampler=None):
     config = build_config({**load_preset("digits-mlp-budget"), "preset": "digits-mlp-budget", "total_epochs": 5,
                            "lr_scheduler": {"name": "hyperbolic", "upper_bound": 25}}).to_dict()
     return {"id": "digits-mlp-budget/test", "preset": "digits-mlp-budget", "config": config,
-            "space": check_space(SPACE, "test"), "trials": trials, "seed": 42, "metric": "test_loss", "mode": "min"}
+            "space": check_space(SPACE, "test"), "trials": trials, "seed": 42, "metric": "test_loss", "mode": "min",
+            **({"sampler": sampler} if sampler else {})}
 
 
 class FakeTrainer:
@@ -53,24 +54,43 @@ def test_study_writes_best_json_with_every_trial(tmp_path):
     assert (tmp_path / "optuna.db").is_file()
 
 
-def test_killed_study_resumes_with_its_finished_trials_and_matches_an_uninterrupted_one(tmp_path):
-    whole = run_study(_spec(), tmp_path / "a", checkpoints_dir=tmp_path / "ck", data_root=tmp_path,
+@pytest.mark.parametrize("sampler", [None, "random"])
+def test_killed_study_resumes_with_its_finished_trials_and_matches_an_uninterrupted_one(tmp_path, sampler):
+    whole = run_study(_spec(sampler=sampler), tmp_path / "a", checkpoints_dir=tmp_path / "ck", data_root=tmp_path,
                       out=lambda s: None, train=FakeTrainer())
     with pytest.raises(KeyboardInterrupt):  # killed during the third trial: two finished
-        run_study(_spec(), tmp_path / "b", checkpoints_dir=tmp_path / "ck", data_root=tmp_path, out=lambda s: None,
-                  train=FakeTrainer(die_at=3))
+        run_study(_spec(sampler=sampler), tmp_path / "b", checkpoints_dir=tmp_path / "ck", data_root=tmp_path,
+                  out=lambda s: None, train=FakeTrainer(die_at=3))
     import optuna
 
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 'b' / 'optuna.db'}")
     states = [t.state.name for t in study.get_trials()]
     assert states.count("COMPLETE") + states.count("FAIL") == 2 and states.count("RUNNING") == 1
     log, resumed_trainer = [], FakeTrainer()
-    resumed = run_study(_spec(), tmp_path / "b", checkpoints_dir=tmp_path / "ck", data_root=tmp_path, out=log.append,
-                        train=resumed_trainer)
+    resumed = run_study(_spec(sampler=sampler), tmp_path / "b", checkpoints_dir=tmp_path / "ck", data_root=tmp_path,
+                        out=log.append, train=resumed_trainer)
     assert len(resumed_trainer.calls) == 2  # only the interrupted trial and the missing one run
     assert any("interrupted" in line for line in log)
     assert resumed["params"] == whole["params"] and resumed["value"] == whole["value"]
     assert [t["params"] for t in resumed["trials"]] == [t["params"] for t in whole["trials"]]
+    assert resumed.get("sampler") == sampler  # recorded only when not the default tpe
+
+
+def test_the_sampler_is_part_of_a_study_only_when_it_is_not_tpe():
+    tpe, rnd = _spec(), _spec(sampler="random")
+    assert spec_hash(tpe) == spec_hash({**tpe, "sampler": "tpe"}) != spec_hash(rnd)
+    config = _tuned_config({})
+    default = sorted(s.spec_json for s in expand(config).studies.values())
+    assert all('"sampler"' not in j for j in default)
+    for surface in config["surfaces"].values():
+        surface["tune"] = {**surface["tune"], "sampler": "random"}
+    studies = expand(config).studies.values()
+    assert all(s.sampler == "random" and s.to_dict()["sampler"] == "random" for s in studies)
+    assert sorted(json.dumps({k: v for k, v in json.loads(s.spec_json).items() if k != "sampler"}, sort_keys=True,
+                             separators=(",", ":")) for s in studies) == default
+    config["surfaces"]["b"]["tune"]["sampler"] = "grid"
+    with pytest.raises(ConfigError, match="unknown tune.sampler 'grid'"):
+        expand(config)
 
 
 def test_a_finished_study_runs_no_more_trials(tmp_path):

@@ -28,11 +28,13 @@ from .families import (
     DATASETS,
     DIVERGENCES,
     KRONECKER_OPTIMIZERS,
+    LOSSES,
     MODELS,
     MODULAR_DATASETS,
     NORM_MODES,
     NORMALIZATIONS,
     OPTIMIZERS,
+    OSC_VARIANTS,
     PERTURB_MODES,
     PRECOND_SOLVERS,
     SAM_MODES,
@@ -95,6 +97,15 @@ class RunConfig:
     modulus: int = opt(97, "int", minimum=2, read_when={"dataset": MODULAR_DATASETS},
                        doc="p of the modular-arithmetic data (reference: 97; smaller ones are ours, for the demo): "
                            "also grok_transformer's number of classes.")
+    # the HyperbolicLR study's oscillation data (llqr/data/oscillation.py): ours
+    osc_variant: str = opt("simple", "str", choices=OSC_VARIANTS, read_when={"dataset": ("oscillation",)},
+                           doc="Ours: which of the study's oscillators (damping ratio zeta) the windows come from: "
+                               "simple = 0, damped = 0.01, total = all three (0, 0.01, 0.02); the study's runs use "
+                               "simple.")
+    osc_history: int = opt(50, "int", gt=0, read_when={"dataset": ("oscillation",)},
+                           doc="Ours: positions an oscillation example sees (the study: 50).")
+    osc_horizon: int = opt(50, "int", gt=0, read_when={"dataset": ("oscillation",)},
+                           doc="Ours: positions after them it predicts (the study: 50); lstm_seq2seq's decoder steps.")
     dropout_rate: float = opt(0.0, "float", minimum=0.0, maximum=1.0,
                               doc="Model dropout where the model has it: mlp, wide_resnet28x10, vit_ti16 (all four "
                                   "of its dropouts) and transformer_iwslt. vgg16bn's two dropouts are fixed at the "
@@ -120,6 +131,20 @@ class RunConfig:
     grok_dim: int = opt(128, "int", gt=0, read_when={"model": ("grok_transformer",)},
                         doc="grok_transformer width (a multiple of its 4 heads).")
     grok_depth: int = opt(2, "int", gt=0, read_when={"model": ("grok_transformer",)}, doc="grok_transformer blocks.")
+    # lstm_seq2seq sizes (the HyperbolicLR study's LSTM_Seq2Seq defaults: 128, 3); smaller ones are ours
+    lstm_hidden: int = opt(128, "int", gt=0, read_when={"model": ("lstm_seq2seq",)},
+                           doc="Ours: lstm_seq2seq's hidden size (encoder and decoder).")
+    lstm_layers: int = opt(3, "int", gt=0, read_when={"model": ("lstm_seq2seq",)},
+                           doc="Ours: lstm_seq2seq's stacked LSTM layers (encoder and decoder each).")
+    # the integral-operator networks' sizes (null: the HyperbolicLR study's defaults); smaller ones are ours
+    operator_width: int = opt(None, "int", gt=0, nullable=True, params_at_default=False,
+                              read_when={"model": ("deeponet", "tfonet")},
+                              doc="deeponet's hidden width (null: the study's 1024) or tfonet's d_model (null: 128, "
+                                  "a multiple of its 2 heads).")
+    operator_depth: int = opt(None, "int", gt=0, nullable=True, params_at_default=False,
+                              read_when={"model": ("deeponet", "tfonet")},
+                              doc="deeponet's num_layers, Linear layers per branch and trunk net (null: the study's "
+                                  "6), or tfonet's encoder and decoder layers each (null: 3).")
     # --- loop ------------------------------------------------------------------------
     batch_size: int = opt(128, "int", gt=0,
                           doc="Examples per micro-batch (an update averages grad_acc_steps of them); translation "
@@ -142,8 +167,9 @@ class RunConfig:
     # --- optimizer -------------------------------------------------------------------
     optimizer: str = opt("sgd", "str", choices=OPTIMIZERS,
                          doc="Main optimizer: sgd has no momentum; polyak = heavy-ball sgd; adamw_b2-98/-95 fix "
-                             "AdamW's beta2; singd, ikfac, kfac are Kronecker-factored (ours; with "
-                             "use_preconditioner=false); prodigy and dadapt_adamw are learning-rate free (ours).")
+                             "AdamW's beta2; singd, ingd, ikfac, kfac are Kronecker-factored (ours; with "
+                             "use_preconditioner=false; ingd is singd with dense factors); prodigy and "
+                             "dadapt_adamw are learning-rate free (ours).")
     learning_rate: float = opt(0.1, "float", gt=0,
                                doc="Base learning rate of the main optimizer, shaped by lr_scheduler (a multiplier "
                                    "on the estimated step for prodigy and dadapt_adamw).")
@@ -160,6 +186,11 @@ class RunConfig:
     wd_mask: list = opt(None, "list[str]", nullable=True,
                         doc="Parameter-path substrings excluded from weight decay (e.g. [Norm, bias]); honoured by "
                             "sgd, polyak, adam and adamw.")
+    loss: str = opt("cross_entropy", "str", choices=LOSSES, params_at_default=False,
+                    doc="Ours: training and evaluation loss: cross_entropy on class labels (every classification "
+                        "dataset), or on float targets (regression datasets: oscillation) mse or huber "
+                        "(PyTorch's HuberLoss, delta 1, the HyperbolicLR study's); a regression run evaluates "
+                        "test_loss (its summary metric, lower is better) and logs no accuracy.")
     label_smoothing: float = opt(0.0, "float", minimum=0.0, maximum=1.0,
                                  doc="Label smoothing of the training loss (also in the LLQR fit's gradient); "
                                      "evaluation losses are unsmoothed.")
@@ -170,12 +201,24 @@ class RunConfig:
                                    doc="T: steps between Kronecker-factor updates (SINGD/KFAC).")
     factor_damping: float = opt(1.0e-3, "float", minimum=0.0, read_when={"optimizer": KRONECKER_OPTIMIZERS},
                                 doc="λ of SINGD/IKFAC/KFAC.")
-    lr_cov: float = opt(1.0e-2, "float", gt=0, read_when={"optimizer": ("singd", "ikfac")},
+    lr_cov: float = opt(1.0e-2, "float", gt=0, read_when={"optimizer": ("singd", "ingd", "ikfac")},
                         doc="β1: SINGD's (and IKFAC's) factor step size.")
-    singd_alpha1: float = opt(0.5, "float", minimum=0.0, maximum=1.0, read_when={"optimizer": ("singd",)},
+    singd_alpha1: float = opt(0.5, "float", minimum=0.0, maximum=1.0, read_when={"optimizer": ("singd", "ingd")},
                               doc="α1: SINGD's factor momentum (IKFAC: 0).")
     kfac_ema: float = opt(0.95, "float", minimum=0.0, maximum=1.0, read_when={"optimizer": ("kfac",)},
                           doc="KFAC's factor moving-average decay.")
+    kfac_precision: str = opt("run", "str", choices=("run", "fp32"), params_at_default=False,
+                              read_when={"optimizer": ("kfac",), "precision": ("bf16",)},
+                              doc="Ours: where KFAC averages and inverts its factors under precision=bf16: run = in "
+                                  "bf16 (Gauss-Jordan, no bf16 Cholesky exists), as a KFAC whose factors live in the "
+                                  "training precision does (the SINGD study's unstable baseline; a non-finite inverse "
+                                  "ends the run as diverged); fp32 = float32 Cholesky inverses.")
+    measure_kfac_agreement: bool = opt(
+        False, "bool", params_at_default=False, read_when={"optimizer": ("ikfac",)},
+        doc="Ours: at every evaluation, log how close IKFAC's direction K Kᵀ ∇ C Cᵀ is to the KFAC direction "
+            "(A + λI)⁻¹ ∇ (G + λI)⁻¹ that it approximates (its fixed point), both on the step's batch factors: "
+            "kfac_agreement_cos (all layers), kfac_agreement_cos_min (worst layer), kfac_agreement_rel "
+            "(‖d_ikfac − d_kfac‖/‖d_kfac‖); the final values go to the summary. Training is unchanged.")
     prodigy_d_coef: float = opt(1.0, "float", gt=0, read_when={"optimizer": ("prodigy",)},
                                 doc="Ours: Prodigy's d_coef (optax estim_lr_coef).")
     # gradient-noise study (SVAG, Li, Malladi & Arora 2021): ours

@@ -288,24 +288,47 @@ def ikfac(learning_rate: float | Callable = 1e-3, **kwargs) -> optax.GradientTra
 # ---------------------------------------------------------------------------------------------
 
 
+def gauss_jordan_inverse(M):
+    """M⁻¹ by in-place Gauss-Jordan elimination without pivoting, every operation in M's dtype.
+
+    LAPACK and cuSOLVER have no bfloat16 factorisations (``jnp.linalg.inv`` and ``cho_factor``
+    refuse bf16), so this is how KFAC inverts a factor in bf16; a damped factor is symmetric
+    positive definite, which needs no pivoting in exact arithmetic. A vanishing or non-finite pivot
+    (what bf16 rounding of an ill-conditioned factor produces) yields inf/NaN entries, never an
+    exception: the run's loss turns non-finite and the loop records ``diverged``."""
+    n = M.shape[0]
+    idx = jnp.arange(n)
+
+    def sweep(k, A):
+        p = 1 / A[k, k]
+        row = jnp.where(idx == k, p, A[k] * p)  # a_kj <- a_kj / a_kk, a_kk <- 1 / a_kk
+        col = jnp.where(idx == k, 0, A[:, k])
+        A = A - jnp.outer(col, row)  # a_ij <- a_ij - a_ik a_kj (i != k)
+        A = A.at[k].set(row)
+        return A.at[:, k].set(jnp.where(idx == k, p, -col * p))  # a_ik <- -a_ik / a_kk
+
+    return jax.lax.fori_loop(0, n, sweep, M)
+
+
 @struct.dataclass
 class ScaleByKFACState:
     refreshes: jnp.ndarray  # how many factor refreshes so far (the first one replaces the EMA)
-    factors: dict  # {"path/to/kernel": (A, G)} running averages, float32
-    inverses: dict  # {"path/to/kernel": (A_inv, G_inv)}, float32
+    factors: dict  # {"path/to/kernel": (A, G)} running averages, in ``dtype``
+    inverses: dict  # {"path/to/kernel": (A_inv, G_inv)}, in ``dtype``
     ema_decay: float = struct.field(pytree_node=False)
     eps: float = struct.field(pytree_node=False)  # the damping added to each factor before inversion
+    dtype: Any = struct.field(pytree_node=False, default=jnp.float32)  # factors' and inverses' dtype
 
     def refresh(self, layer_paths: dict, factors) -> ScaleByKFACState:
         new = _layer_factors(layer_paths, factors)
         if not new:
             return self
-        decay = jnp.where(self.refreshes == 0, 0.0, self.ema_decay).astype(jnp.float32)
+        decay = jnp.where(self.refreshes == 0, 0.0, self.ema_decay).astype(self.dtype)
         fs, inv = dict(self.factors), dict(self.inverses)
         for k, (A, G) in new.items():
             A0, G0 = fs[k]
-            A = decay * A0 + (1 - decay) * A.astype(jnp.float32)
-            G = decay * G0 + (1 - decay) * G.astype(jnp.float32)
+            A = decay * A0 + (1 - decay) * A.astype(self.dtype)
+            G = decay * G0 + (1 - decay) * G.astype(self.dtype)
             fs[k], inv[k] = (A, G), (self._inverse(A), self._inverse(G))
         # committed through a select (its condition always holds): the recorded KFAC results were
         # computed that way, and XLA:CPU compiles the moving average 1 ulp differently without it
@@ -315,30 +338,38 @@ class ScaleByKFACState:
         return self.replace(refreshes=n, factors=fs, inverses=inv)
 
     def _inverse(self, M):
+        if M.dtype != jnp.float32:  # no low-precision Cholesky: eliminate in the factor's own dtype
+            return gauss_jordan_inverse(M + jnp.asarray(self.eps, M.dtype) * jnp.eye(M.shape[0], dtype=M.dtype))
         L = jax.scipy.linalg.cho_factor(M + self.eps * jnp.eye(M.shape[0], dtype=M.dtype), lower=True)
         return jax.scipy.linalg.cho_solve(L, jnp.eye(M.shape[0], dtype=M.dtype))
 
 
-def scale_by_kfac(*, damping: float = 1e-3, ema_decay: float = 0.95,
-                  damping_mode: str = "sqrt") -> optax.GradientTransformation:
+def scale_by_kfac(*, damping: float = 1e-3, ema_decay: float = 0.95, damping_mode: str = "sqrt",
+                  dtype=jnp.float32) -> optax.GradientTransformation:
     """Each layer's gradient X to A⁻¹ X G⁻¹ with EMA factors, inverted at every refresh.
 
     ``damping_mode="sqrt"`` (default) inverts (A + √λ I) and (G + √λ I): the product's damping is
     ≈ λ plus √λ-weighted cross terms, the usual split of one λ across two factors (without the π
     rescaling). ``"plain"`` inverts (A + λI) and (G + λI): IKFAC's fixed point, so with
     ``ema_decay=0`` the two directions coincide. The first refresh takes the factors as they come;
-    later ones average with ``ema_decay``. Inverses are Cholesky solves in float32 (KFAC is the
-    baseline that is *not* low-precision-safe), cast back to the gradient dtype when applied.
+    later ones average with ``ema_decay``.
+
+    ``dtype`` is where the factors are averaged and inverted. float32 (default): Cholesky solves.
+    bfloat16: the moving averages and a Gauss-Jordan inverse in bf16 (``gauss_jordan_inverse``), as
+    a KFAC whose factors live in the training precision computes them; this is the baseline that is
+    *not* low-precision-safe, and its NaNs end the run as diverged. Inverses are cast to the
+    gradient dtype when applied.
     """
     if damping_mode not in ("sqrt", "plain"):
         raise ValueError(f"damping_mode must be 'sqrt' or 'plain', got {damping_mode!r}")
     eps = float(np.sqrt(damping)) if damping_mode == "sqrt" else float(damping)
+    dtype = jnp.dtype(dtype)
 
     def init(params):
         fs = {}
         for k, lay in _layers(params).items():
-            fs[k] = (jnp.eye(lay.d_in, dtype=jnp.float32), jnp.eye(lay.d_out, dtype=jnp.float32))
-        return ScaleByKFACState(jnp.zeros([], jnp.int32), fs, dict(fs), ema_decay, eps)
+            fs[k] = (jnp.eye(lay.d_in, dtype=dtype), jnp.eye(lay.d_out, dtype=dtype))
+        return ScaleByKFACState(jnp.zeros([], jnp.int32), fs, dict(fs), ema_decay, eps, dtype)
 
     def update(updates, state, params=None):
         del params

@@ -57,7 +57,7 @@ def build_main_tx(cfg, lr_schedule) -> optax.GradientTransformation:
         opt = optax.adam(lr_schedule, b1=b1, b2=b2)
     elif name == "adamw":
         opt = optax.adamw(lr_schedule, b1=b1, b2=b2, weight_decay=wd, mask=mask)
-    elif name in ("singd", "ikfac", "kfac"):
+    elif name in ("singd", "ingd", "ikfac", "kfac"):
         return kronecker_tx(cfg, lr_schedule)
     elif name == "prodigy":  # learning-rate free: lr is a multiplier on the estimated step size (1 in the study)
         return optax.contrib.prodigy(lr_schedule, betas=(b1, b2), estim_lr_coef=cfg.prodigy_d_coef, weight_decay=wd)
@@ -73,14 +73,21 @@ def build_main_tx(cfg, lr_schedule) -> optax.GradientTransformation:
 
 
 def kronecker_tx(cfg, lr_schedule) -> optax.GradientTransformation:
-    """SINGD / IKFAC / KFAC (llqr.optim.singd): the preconditioning transformation chained with
-    optax's coupled weight decay, momentum and learning rate. The runner refreshes its factors
-    every ``factor_update_every`` steps (llqr.train.actions.RefreshFactors)."""
+    """SINGD / INGD / IKFAC / KFAC (llqr.optim.singd): the preconditioning transformation chained
+    with optax's coupled weight decay, momentum and learning rate. The runner refreshes its factors
+    every ``factor_update_every`` steps (llqr.train.actions.RefreshFactors). INGD is SINGD with
+    dense factors (the paper's Fig. 4: SINGD replaces INGD's dense K, C by structured ones)."""
     from ..optim import singd
 
     common = {"momentum": cfg.momentum, "damping": cfg.factor_damping, "weight_decay": cfg.weight_decay or 0.0}
     if cfg.optimizer == "kfac":
-        return singd.kfac(lr_schedule, ema_decay=cfg.kfac_ema, **common)
+        return singd.kfac(lr_schedule, ema_decay=cfg.kfac_ema, dtype=kfac_dtype(cfg), **common)
     if cfg.optimizer == "ikfac":
         return singd.ikfac(lr_schedule, lr_cov=cfg.lr_cov, **common)
-    return singd.singd(lr_schedule, lr_cov=cfg.lr_cov, alpha1=cfg.singd_alpha1, structure=cfg.singd_structure, **common)
+    structure = "dense" if cfg.optimizer == "ingd" else cfg.singd_structure
+    return singd.singd(lr_schedule, lr_cov=cfg.lr_cov, alpha1=cfg.singd_alpha1, structure=structure, **common)
+
+
+def kfac_dtype(cfg):
+    """KFAC's factor dtype: bfloat16 under precision=bf16 unless kfac_precision=fp32, else float32."""
+    return jnp.bfloat16 if cfg.precision == "bf16" and cfg.kfac_precision == "run" else jnp.float32

@@ -15,6 +15,8 @@ from __future__ import annotations
 from ..config import ConfigError
 
 _RANGE_KEYS = {"low", "high", "log", "int"}
+# a surface's tune.sampler: Optuna's TPESampler (the default) or RandomSampler (the SINGD study's random search)
+SAMPLERS = ("tpe", "random")
 
 
 def check_space(space: dict, where: str) -> dict:

@@ -1,4 +1,5 @@
-"""One Optuna TPE study: train the study's config with sampled overrides, keep the best in best.json.
+"""One Optuna study (TPE, or random search with ``sampler: random``): train the study's config with
+sampled overrides, keep the best in best.json.
 
 Resumable by construction. Trials live in an SQLite file beside best.json; a study killed
 mid-way is continued, not restarted: finished trials count, and the trial that was running
@@ -26,8 +27,23 @@ INTERRUPTED = "interrupted"
 
 
 def spec_hash(spec: dict) -> str:
-    text = json.dumps({k: spec[k] for k in ("config", "space", "trials", "seed", "metric", "mode")}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """The Optuna study name; a non-default sampler is part of it, tpe leaves the TPE studies' names as they were."""
+    keys = ("config", "space", "trials", "seed", "metric", "mode")
+    fields = {k: spec[k] for k in keys}
+    if spec.get("sampler", "tpe") != "tpe":
+        fields["sampler"] = spec["sampler"]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_sampler(name: str, seed: int):
+    """A fresh Optuna sampler seeded with ``seed``: tpe (TPESampler) or random (RandomSampler)."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}")
 
 
 def _final_metric(results_dir: Path, cell: str, metric: str):
@@ -86,7 +102,7 @@ def run_study(spec: dict, study_dir, *, checkpoints_dir, data_root, out=print, t
         done = [t for t in study.get_trials(deepcopy=False) if _counted(t)]
         if len(done) >= n:
             break
-        study.sampler = optuna.samplers.TPESampler(seed=spec["seed"] + len(done))
+        study.sampler = make_sampler(spec.get("sampler", "tpe"), spec["seed"] + len(done))
         trial = study.ask()
         overrides = suggest(trial, spec["space"])
         cfg = build_config(apply_overrides(spec["config"], overrides))
@@ -125,6 +141,8 @@ def write_best(study, spec: dict, path: Path, out=print) -> dict:
     record = {"study": spec["id"], "optuna_study": study.study_name, "metric": spec["metric"], "mode": spec["mode"],
               "trials_requested": spec["trials"], "sampler_seed": spec["seed"], "params": best["params"],
               "value": best["value"], "best_trial": best["number"], "trials": rows}
+    if spec.get("sampler", "tpe") != "tpe":
+        record["sampler"] = spec["sampler"]
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n"))
     out(f"[{spec['id']}] best of {len(rows)} trials: #{best['number']} {spec['metric']}={best['value']:.5g} "
         f"{best['params']}")

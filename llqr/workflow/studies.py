@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ..config.errors import ConfigError
 from ..config.hashing import canonical_json
 from ..config.presets import apply_overrides, build_config
-from ..tune.space import check_space, corners
+from ..tune.space import SAMPLERS, check_space, corners
 from .cells import position_overrides, resolve_position, rule_applies, rule_params, study_id
 from .job_checks import check_job
 from .surface_spec import METRICS, check_conditions, surface_error
@@ -23,13 +23,16 @@ class Study:
     config: dict
     space: dict
     trials: int
-    seed: int  # the TPE sampler's seed
+    seed: int  # the sampler's seed
     metric: str
     mode: str
+    sampler: str = "tpe"  # tpe | random (llqr.tune.study.SAMPLERS)
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "preset": self.preset, "config": rule_params(self.config), "space": self.space,
-                "trials": self.trials, "seed": self.seed, "metric": self.metric, "mode": self.mode}
+        """The spec; ``sampler`` only when it is not the default tpe, so TPE studies keep their spec and hash."""
+        out = {"id": self.id, "preset": self.preset, "config": rule_params(self.config), "space": self.space,
+               "trials": self.trials, "seed": self.seed, "metric": self.metric, "mode": self.mode}
+        return out if self.sampler == "tpe" else {**out, "sampler": self.sampler}
 
     @property
     def spec_json(self) -> str:
@@ -38,12 +41,13 @@ class Study:
 
 
 def parse_tune(name: str, tune, axes: dict, presets: list, seeds: list) -> dict | None:
-    """The surface's ``tune`` block, checked: which axis is the budget, trials, sampler seed, objective, space."""
+    """The surface's ``tune`` block, checked: which axis is the budget, trials, sampler and its seed, objective,
+    space."""
     if not tune:
         return None
     if not isinstance(tune, dict):
         raise surface_error(name, "'tune' must be a mapping")
-    known = {"budget_axis", "trials", "seed", "metric", "space", "rules"}
+    known = {"budget_axis", "trials", "seed", "metric", "space", "rules", "sampler"}
     if set(tune) - known:
         raise surface_error(name, f"unknown keys in 'tune': {sorted(set(tune) - known)} (allowed: {sorted(known)})")
     axis = tune.get("budget_axis")
@@ -56,6 +60,9 @@ def parse_tune(name: str, tune, axes: dict, presets: list, seeds: list) -> dict 
     metric = tune.get("metric", "test_loss")
     if metric not in METRICS:
         raise surface_error(name, f"unknown tune.metric '{metric}' (allowed: {', '.join(METRICS)})")
+    sampler = tune.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise surface_error(name, f"unknown tune.sampler {sampler!r} (allowed: {', '.join(SAMPLERS)})")
     rules = tune.get("rules") or []
     check_conditions(name, rules, axes, presets)
     for rule in rules:
@@ -64,7 +71,7 @@ def parse_tune(name: str, tune, axes: dict, presets: list, seeds: list) -> dict 
                                       f"every budget")
     return {"budget_axis": axis, "trials": trials, "seed": int(tune.get("seed", 42)), "metric": metric,
             "space": check_space(tune.get("space") or {}, f"surface '{name}' tune.space"), "rules": rules,
-            "tuning_seed": seeds[0]}
+            "tuning_seed": seeds[0], "sampler": sampler}
 
 
 _CORNERS_OK: set = set()  # (config, space) pairs already checked: a study's positions repeat them
@@ -107,7 +114,7 @@ def study_for(name, tune, axes, combo, rules, preset, base_values, base, studies
     except ConfigError as exc:
         raise surface_error(name, f"tuning study for preset {preset} [{where}]: {exc}") from None
     study = Study(study_id(preset, config, base), preset, config, space, tune["trials"], tune["seed"],
-                  tune["metric"], METRICS[tune["metric"]])
+                  tune["metric"], METRICS[tune["metric"]], tune.get("sampler", "tpe"))
     known = studies.get(study.id)
     if known is not None and known != study:
         raise surface_error(name, f"study {study.id} is defined twice with different spaces, trials or objectives")

@@ -7,16 +7,19 @@ from ..config.errors import ConfigError
 from ..config.hashing import canonical_json
 from ..config.safety import check_name, check_safe_text
 
-# opt_state_bytes and ms_per_step: cost columns of the optimizer studies; step_accuracy: the mean
-# training accuracy of the steps between two log points (log_step_accuracy; the SVAG study's smoothing)
+# opt_state_bytes, ms_per_step and peak_memory_bytes (llqr.train.memory): cost columns of the
+# optimizer studies; step_accuracy: the mean training accuracy of the steps between two log points
+# (log_step_accuracy; the SVAG study's smoothing)
 # test_error = 100 - test_accuracy (llqr.report.collect.DERIVED)
 METRICS = {"test_accuracy": "max", "test_error": "min", "test_loss": "min", "train_loss": "min",
            "train_accuracy": "max", "step_accuracy": "max", "valid_bleu": "max", "test_bleu": "max",
-           "opt_state_bytes": "min", "ms_per_step": "min", "noise_ratio": "max", "noise_G": "min",
-           "noise_N": "min"}
+           "opt_state_bytes": "min", "ms_per_step": "min", "peak_memory_bytes": "min", "noise_ratio": "max",
+           "noise_G": "min", "noise_N": "min"}
 # grid: the metric table and curves; budget: metric vs epoch budget + power law; slcd: curve differences;
 # sweep: the final metric (and any of ``metrics``) against a numeric axis on log axes (e.g. the batch size)
-KINDS = ("grid", "budget", "slcd", "sweep")
+# bars: the final metric as bars grouped by the study's scheduler families (bar_axis: the codes);
+# schedules: the study's schedules drawn from their formulas, no training (llqr.workflow.schedule_spec)
+KINDS = ("grid", "budget", "slcd", "sweep", "bars", "schedules")
 # A surface's group is a Snakemake target (a rule of that name in the Snakefile). Each companion
 # study has its own group; the target `studies` is all of them.
 STUDY_GROUPS = ("svag_study", "singd_study", "hlr_study")

@@ -1,7 +1,8 @@
 """The golden cells: expand tests/golden/cells.yaml, run each cell the way the workflow does, and
 reduce its outputs to what must not change when the runner's code is reorganised.
 
-Timing fields (wall clock, ms per step) are dropped; everything else in summary.json and
+Timing and memory fields (wall clock, ms per step, the peak-memory columns: machine- and
+XLA-version-specific) are dropped; everything else in summary.json and
 metrics.jsonl is kept, together with the cell's id and rule params. ``tests/golden/record.py``
 writes ``expected.json`` from these functions; ``tests/test_golden.py`` compares against it.
 """
@@ -19,7 +20,8 @@ HERE = Path(__file__).resolve().parent
 CELLS_YAML = HERE / "cells.yaml"
 BEST_JSON = HERE / "best.json"
 EXPECTED = HERE / "expected.json"
-TIMING_KEYS = frozenset({"elapsed_s", "wall_time_s", "ms_per_step"})
+TIMING_KEYS = frozenset({"elapsed_s", "wall_time_s", "ms_per_step",
+                         "peak_memory_bytes", "peak_memory_source", "step_memory_bytes"})
 TUNED, RESUMED = "tuned", "resumed"  # labels run through the tune and preemption paths
 
 
