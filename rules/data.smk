@@ -1,6 +1,7 @@
 # Dataset preparation: each step a declared output, done once and shared by every cell. The
 # outputs' names come from llqr/data/paths.py (data_paths), where the loaders look for them too.
-from llqr.data.sources import svhn_source
+from llqr.data.imagenet100 import CLASSES as IMAGENET100_CLASSES
+from llqr.data.sources import cora_source, svhn_source
 
 
 rule prepare_digits:
@@ -67,6 +68,25 @@ rule fetch_svhn:
         "../workflow_scripts/fetch_raw.py"
 
 
+# Cora's eight Planetoid files (x, y, tx, ty, allx, ally, graph, test.index), each checked against its
+# sha256 (llqr/data/sources.py); data_sources.cora may move them (url: a base address, local: a folder).
+rule fetch_cora:
+    output:
+        str(data_paths.cora_file(data_folder("cora"), "{part}")),
+    log:
+        "logs/data/fetch_cora_{part}.log",
+    wildcard_constraints:
+        part="|".join(p.replace(".", r"\.") for p in data_paths.CORA_PARTS),
+    retries: 0
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        source=lambda wc: cora_source(wc.part, config["data_sources"].get("cora")),
+    script:
+        "../workflow_scripts/fetch_raw.py"
+
+
 rule index_imagenet:
     output:
         str(data_paths.imagenet_index(data_folder("imagenet"))),
@@ -100,5 +120,28 @@ rule pack_imagenet:
         runtime=480,
     params:
         shard_size_mb=1024,
+    script:
+        "../workflow_scripts/pack_imagenet.py"
+
+
+# ImageNet-100 (the SINGD study's ViT data): the same pass over the user's ImageNet files, keeping the
+# 100 classes of llqr/data/imagenet100.py (~13 GB of shards, so a shorter job).
+rule pack_imagenet100:
+    input:
+        str(data_paths.imagenet_index(data_folder("imagenet"))),
+    output:
+        str(data_paths.imagenet_manifest(data_folder("imagenet100"))),
+    log:
+        "logs/data/pack_imagenet100.log",
+    conda:
+        CONDA_ENV
+    threads: 4
+    resources:
+        cpus_per_task=4,
+        mem_mb=4000,
+        runtime=120,
+    params:
+        shard_size_mb=1024,
+        classes=list(IMAGENET100_CLASSES),
     script:
         "../workflow_scripts/pack_imagenet.py"

@@ -11,6 +11,7 @@ import math
 from .errors import ConfigError, suggest
 from .families import (
     BATCHNORM_MODELS,
+    GRAPH_DATASETS,
     IN_MEMORY_DATASETS,
     KRONECKER_OPTIMIZERS,
     MODULAR_DATASETS,
@@ -215,6 +216,20 @@ def check_budget_schedule(cfg: dict) -> None:
                           f"{cfg['learning_rate']:g}: a {sched['name']} schedule decays to it")
 
 
+def check_graph(cfg: dict) -> None:
+    """A graph dataset is one example trained whole by the GCN (llqr.data.cora): batch_size=1, no
+    accumulation, SVAG or noisy GD; the GCN reads nothing else."""
+    graph, gcn = cfg["dataset"] in GRAPH_DATASETS, cfg["model"] == "gcn"
+    if graph != gcn:
+        raise ConfigError(f"model={cfg['model']} with dataset={cfg['dataset']}: model=gcn trains on the graph "
+                          f"datasets ({', '.join(GRAPH_DATASETS)}) and they train only model=gcn")
+    if graph and (cfg["batch_size"] != 1 or cfg["grad_acc_steps"] != 1 or cfg["noise"] != "minibatch"
+                  or (cfg["use_preconditioner"] and cfg["precond_batch_size"] != 1)):
+        raise ConfigError(f"dataset={cfg['dataset']} is one graph, each step trains on all of it: set batch_size=1 "
+                          f"(got {cfg['batch_size']}), grad_acc_steps=1, noise=minibatch and, with the "
+                          f"preconditioner, precond_batch_size=1")
+
+
 def check_combinations(cfg: dict) -> None:
     """Cross-key rules that the reference enforces (or that would silently misbehave)."""
     check_budget_schedule(cfg)
@@ -223,6 +238,7 @@ def check_combinations(cfg: dict) -> None:
         raise ConfigError("data_parallel=true shards image or digits batches of the plain, SAM, LLQR and noisy-GD "
                           "steps; it is not available for translation, SVAG or Kronecker optimizers")
     check_noise_study(cfg)
+    check_graph(cfg)
     if cfg.get("train_fraction", 1.0) < 1.0 and cfg["dataset"] not in IN_MEMORY_DATASETS:
         raise ConfigError(f"train_fraction={cfg['train_fraction']} subsets in-memory datasets only "
                           f"({', '.join(IN_MEMORY_DATASETS)}), not {cfg['dataset']}")

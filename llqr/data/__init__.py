@@ -68,10 +68,14 @@ def _load_full(cfg, data_root, prepare_missing):
         from . import svhn
 
         return svhn.load(directory)
-    if cfg.dataset == "imagenet":
+    if cfg.dataset in ("imagenet", "imagenet100"):  # the same packed format; imagenet100 a class subset
         from . import imagenet
 
         return imagenet.load(directory, seed=cfg.data_seed)
+    if cfg.dataset == "cora":
+        from . import cora
+
+        return cora.load(directory)
     if cfg.dataset in TRANSLATION_DATASETS:
         from . import iwslt
 

@@ -257,6 +257,11 @@ def _prefetched(items: Iterator[Item], depth: int = 64) -> Iterator[tuple[str, s
         thread.join(timeout=5)
 
 
+def _only(items: Iterator[Item], subset: set) -> Iterator[Item]:
+    """The items of the ``subset`` classes (their bytes are read only when kept)."""
+    return (item for item in items if item[0] in subset)
+
+
 def _check_image(data: bytes, where: str) -> None:
     """Parse the image header (no decoding): catches files that are not images at all."""
     from PIL import Image, UnidentifiedImageError
@@ -271,8 +276,10 @@ def _check_image(data: bytes, where: str) -> None:
 
 
 def pack(source, out_dir, shard_size_mb: float = DEFAULT_SHARD_MB, progress_every: int = PROGRESS_EVERY,
-         log=print) -> dict:
-    """Pack the ImageNet files in ``source`` (either layout) into shards in ``out_dir``; return the manifest."""
+         log=print, classes=None) -> dict:
+    """Pack the ImageNet files in ``source`` (either layout) into shards in ``out_dir``; return the manifest.
+    ``classes`` (WordNet ids, e.g. ``imagenet100.CLASSES``) packs only their images, labelled by rank in
+    sorted order; every one of them must be in ``source``."""
     info = index(str(source))
     root, out_dir = Path(info["root"]), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,6 +293,7 @@ def pack(source, out_dir, shard_size_mb: float = DEFAULT_SHARD_MB, progress_ever
             raise DataError(f"packing needs about {need / 2**30:.1f} GiB in {out_dir}, "
                             f"only {free / 2**30:.1f} GiB are free")
     limit = max(int(shard_size_mb * 2**20), 4 * _BLOCK)
+    subset = None if classes is None else set(classes)
     stack: list = []
     t0 = time.time()
     try:
@@ -293,6 +301,13 @@ def pack(source, out_dir, shard_size_mb: float = DEFAULT_SHARD_MB, progress_ever
             classes, train_items, val_items = _folder_source(root)
         else:
             classes, train_items, val_items = _archive_source(root, stack)
+        if subset is not None:
+            missing = sorted(subset - set(classes))
+            if missing:
+                raise DataError(f"{root} lacks {len(missing)} of the {len(subset)} requested classes "
+                                f"(e.g. {missing[:5]}): is it the full ImageNet 2012?")
+            classes = sorted(subset)
+            train_items, val_items = (_only(items, subset) for items in (train_items, val_items))
         label_of = {w: i for i, w in enumerate(classes)}
         log(f"[pack_imagenet] {info['layout']} in {root}: {len(classes)} classes -> {out_dir} "
             f"(shards of ~{shard_size_mb:g} MiB)")

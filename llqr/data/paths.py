@@ -1,6 +1,7 @@
 """Where each dataset's prepared files lie in its folder: the one definition the workflow's rules
 (rules/data.smk, rules/iwslt.smk, rules/common.smk's train inputs) and the loaders (digits, mnist,
-cifar, svhn, modular, iwslt, imagenet) both use, so a rule's outputs are exactly what its loader reads.
+cifar, svhn, modular, iwslt, imagenet, imagenet100, cora) both use, so a rule's outputs are exactly
+what its loader reads.
 
 A dataset's folder is ``<data_dir>/<dataset>`` (``folder``), or the run's ``dataset_dir``. Each
 function takes that folder and returns a ``Path`` (a Snakemake pattern such as
@@ -31,6 +32,9 @@ CACHE_METADATA = "metadata.json"  # written last into the numeric cache: its pre
 IMAGENET_INDEX = "index.json"  # rule index_imagenet
 IMAGENET_SHARDS = "shards"  # rule pack_imagenet: a folder
 IMAGENET_MANIFEST = "manifest.json"  # written last into the shard folder
+# Cora's Planetoid files (rule fetch_cora), read as they are by llqr.data.cora
+CORA_FILE = "ind.cora.{part}"
+CORA_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
 
 
 def folder(data_root, dataset: str) -> Path:
@@ -93,6 +97,11 @@ def imagenet_manifest(directory) -> Path:
     return imagenet_shards(directory) / IMAGENET_MANIFEST
 
 
+def cora_file(directory, part: str) -> Path:
+    """Cora's Planetoid file ``part`` (one of CORA_PARTS, or the wildcard ``"{part}"``)."""
+    return raw_file(directory, CORA_FILE.format(part=part))
+
+
 def prepared_files(dataset: str, directory, modulus: int = 97) -> list[Path]:
     """The files a training job on ``dataset`` reads from its folder (``modulus``: mod_sum's p), in
     the form the workflow prepares them; [] for a dataset without a prepared form."""
@@ -106,6 +115,8 @@ def prepared_files(dataset: str, directory, modulus: int = 97) -> list[Path]:
         return [svhn_file(directory, split) for split in SVHN_SPLITS]
     if dataset in TRANSLATION_DATASETS:
         return [translation_archive(directory), cache_metadata(directory)]
-    if dataset == "imagenet":
+    if dataset in ("imagenet", "imagenet100"):
         return [imagenet_manifest(directory)]
+    if dataset == "cora":
+        return [cora_file(directory, part) for part in CORA_PARTS]
     return []

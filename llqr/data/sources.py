@@ -1,5 +1,5 @@
 """Official downloads of the datasets the config's ``data_sources`` cannot describe: one entry there
-names one file and one checksum, and SVHN has a file per split, each with its own md5.
+names one file and one checksum, and SVHN has a file per split (each with its own md5), Cora eight.
 
 Pure Python (the Snakefile imports it). ``data_sources.svhn`` may still redirect the fetch: ``url``
 is then a base address the file names are appended to, ``local`` a folder holding both files.
@@ -26,4 +26,34 @@ def svhn_source(split: str, override: dict | None = None) -> dict:
     base = override.get("url") or SVHN_URL
     local = override.get("local")
     return {"url": base.rstrip("/") + "/" + name, "md5": SVHN_MD5[split],
+            "local": str(Path(local) / name) if local else None}
+
+
+# Cora as PyTorch Geometric's Planetoid downloads it: the Planetoid repository's data folder (Yang,
+# Cohen & Salakhutdinov 2016). No official checksums exist; these sha256s are of those files as a
+# public test suite pins them (THUDM GRAND reproduction, "cora_raw_sha256").
+CORA_URL = "https://github.com/kimiyoung/planetoid/raw/master/data/"
+CORA_SHA256 = {
+    "x": "23cfa55d91c6f624233f5eb7b6e3f141f1bd2b2ae39608a63cf5d084bb27baab",
+    "y": "94465c14eb53e04ca262198dcbb2521ee8af60fb3f3d546cd6ca24a511b0e7d1",
+    "tx": "b9afbaa4a400df991f6f02ef677e1e44da55ffc04801fd02f9e673987829226a",
+    "ty": "41f5ac76596a1699cc33f53084a2419e92961c42bb75f36fc38e616d348532ad",
+    "allx": "9419ba2f26f5c35243db64aba110e0f35a04851609e0dc5433450676ca6b8543",
+    "ally": "2b998f5cc7fedc86e7f97ca2498f47a1ffc1462c29e2d578b23bf3f62b6e7d71",
+    "graph": "58f13302f39dde8852dad6fe6d15b89b077b6d7f837626bce671ef80344b383d",
+    "test.index": "297ce89af2b51a6a194181c7dbe1796c6a1cf9cd9349a88383b1b1e227867875",
+}
+
+
+def cora_source(part: str, override: dict | None = None) -> dict:
+    """What rule fetch_cora hands llqr.data.fetch.fetch for Cora's ``part`` file: url, sha256 and
+    local copy; ``override`` (config ``data_sources.cora``) may move them (url: a base address the
+    file names are appended to, local: a folder holding the eight files)."""
+    if part not in CORA_SHA256:
+        raise ValueError(f"Cora has no file part {part!r} here (only {', '.join(CORA_SHA256)})")
+    override = override or {}
+    name = paths.CORA_FILE.format(part=part)
+    base = override.get("url") or CORA_URL
+    local = override.get("local")
+    return {"url": base.rstrip("/") + "/" + name, "sha256": CORA_SHA256[part],
             "local": str(Path(local) / name) if local else None}

@@ -138,6 +138,16 @@ def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
         from .cct import CCT
 
         return CCT(num_classes=num_classes)
+    if name == "gcn":
+        from .gcn import GCN
+
+        return GCN(num_classes=num_classes)
+    if name == "singd_vit":
+        from .vit import ViT
+
+        # the SINGD study's ImageNet-100 ViT (sizes [not retrieved]: ViT-Ti/16 at 224x224, see llqr/models/vit.py)
+        return ViT(num_classes=num_classes, patch=16, dropout_rate=cfg.dropout_rate,
+                   attention_dropout_rate=cfg.dropout_rate)
     raise ModelNotAvailable(
         f"model '{name}' (preset '{cfg.preset}') is not implemented in this version of llqr; "
         f"available models: {', '.join(MODELS)}. The workflow still lists its cells (snakemake -n)."

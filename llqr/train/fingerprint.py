@@ -30,7 +30,7 @@ def dataset_files(cfg, data, data_root) -> list[Path]:
     """The files a loaded dataset was read from: ImageNet's manifest (it names every shard's digest;
     hashing 145 GB per job is not an option), the translation archive and numeric cache index, else
     the array file or archive the loader opened (``data.path``)."""
-    if cfg.dataset == "imagenet":
+    if cfg.dataset in ("imagenet", "imagenet100"):
         return [Path(data.path) / "manifest.json"]
     if getattr(data, "task", "classification") == "translation":
         root = dataset_dir(cfg, data_root)

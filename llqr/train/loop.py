@@ -239,7 +239,8 @@ def build_run(cfg: RunConfig, cell_id: str, data, paths: CellPaths, say) -> tupl
     data.attach_stream(stream)
     place = Placement(cfg.data_parallel)
     source = make_source(cfg, data, stream, place, noise, translation)
-    steps = make_steps(model, tx, main_tx, cfg, data.pad_id if translation else None)
+    # an ignored label: translation's padding, a graph's nodes outside the split (None for images)
+    steps = make_steps(model, tx, main_tx, cfg, getattr(data, "pad_id", None))
     if translation:
         from .translation import TranslationEval  # beam search and sacrebleu load only for translation
 
