@@ -16,7 +16,8 @@ import pandas as pd
 # Per-entry columns added after "preset" and the axes; an axis may not reuse these names.
 ENTRY_COLUMNS = ["seed", "cell", "status", "final", "best", "final_step", "best_step", "diverged_at_step", "message"]
 CURVE_COLUMNS = ["cell", "event", "step", "value"]
-# Events whose lines carry each metric; metrics not listed come from evaluations.
+# Events whose lines carry each metric; metrics not listed come from evaluations ('eval' and 'final_eval'),
+# as the noise statistics and measure_kfac_agreement's kfac_agreement_cos/_rel do.
 _EVENTS = {"train_loss": ("train",), "train_accuracy": ("train",), "step_accuracy": ("train",)}
 _EVAL_EVENTS = ("eval", "final_eval")
 # Metrics computed from a logged one: test error (%) as the SINGD study plots it.

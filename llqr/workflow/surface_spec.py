@@ -10,11 +10,12 @@ from ..config.safety import check_name, check_safe_text
 # opt_state_bytes, ms_per_step and peak_memory_bytes (llqr.train.memory): cost columns of the
 # optimizer studies; step_accuracy: the mean training accuracy of the steps between two log points
 # (log_step_accuracy; the SVAG study's smoothing)
-# test_error = 100 - test_accuracy (llqr.report.collect.DERIVED)
+# test_error = 100 - test_accuracy (llqr.report.collect.DERIVED); kfac_agreement_cos/_rel: IKFAC's direction
+# against KFAC's on the evaluation step's factors (measure_kfac_agreement; llqr.train.agreement)
 METRICS = {"test_accuracy": "max", "test_error": "min", "test_loss": "min", "train_loss": "min",
            "train_accuracy": "max", "step_accuracy": "max", "valid_bleu": "max", "test_bleu": "max",
            "opt_state_bytes": "min", "ms_per_step": "min", "peak_memory_bytes": "min", "noise_ratio": "max",
-           "noise_G": "min", "noise_N": "min"}
+           "noise_G": "min", "noise_N": "min", "kfac_agreement_cos": "max", "kfac_agreement_rel": "min"}
 # grid: the metric table and curves; budget: metric vs epoch budget + power law; slcd: curve differences;
 # sweep: the final metric (and any of ``metrics``) against a numeric axis on log axes (e.g. the batch size)
 # bars: the final metric as bars grouped by the study's scheduler families (bar_axis: the codes);
