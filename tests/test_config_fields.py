@@ -52,7 +52,8 @@ def test_the_derived_tables_are_the_historical_ones():
                                            "noise_stats_to_epoch": None, "noise_stats_examples": None,
                                            "noise_stats_full_grad_examples": 4096, "noise_stats_every": None,
                                            "log_step_accuracy": False, "kfac_precision": "run",
-                                           "operator_width": None, "operator_depth": None}
+                                           "operator_width": None, "operator_depth": None, "loss": "cross_entropy",
+                                           "measure_kfac_agreement": False}
     assert fields.TRANSFORMER_KEYS == {"embed_dim", "ffn_dim", "attention_heads", "encoder_layers", "decoder_layers"}
     assert fields.TRANSLATION_KEYS == {"max_tokens", "num_buckets", "full_eval_freq", "full_eval_at_end",
                                        "bleu_sampled_freq", "bleu_max_examples", "beam_size"}
@@ -62,16 +63,19 @@ def test_the_derived_tables_are_the_historical_ones():
         "width": ("preresnet32", "svag_preresnet32"), "scale_invariant": ("preresnet32",),
         "grok_dim": ("grok_transformer",),
         "grok_depth": ("grok_transformer",), **{k: ("transformer_iwslt",) for k in fields.TRANSFORMER_KEYS},
-        **dict.fromkeys(("operator_width", "operator_depth"), ("deeponet", "tfonet"))}
+        **dict.fromkeys(("operator_width", "operator_depth"), ("deeponet", "tfonet")),
+        **dict.fromkeys(("lstm_hidden", "lstm_layers"), ("lstm_seq2seq",))}
     assert fields.NOISE_KEYS == {"svag_l": ("svag",), "svag_variant": ("svag",), "noisy_gd_examples": ("noisy_gd",),
                                  "noisy_gd_chunk": ("noisy_gd",)}
     assert fields.OPTIMIZER_ONLY_KEYS == {
         "singd_structure": ("singd",), "lr_cov": ("singd", "ingd", "ikfac"), "singd_alpha1": ("singd", "ingd"),
         "kfac_ema": ("kfac",),
         "prodigy_d_coef": ("prodigy",), "factor_update_every": fields.KRONECKER_OPTIMIZERS,
-        "factor_damping": fields.KRONECKER_OPTIMIZERS}
+        "factor_damping": fields.KRONECKER_OPTIMIZERS, "measure_kfac_agreement": ("ikfac",)}
     cifar = ("cifar10", "cifar100")
     assert fields.DATASET_ONLY_KEYS == {"crop_mode": cifar, "modulus": ("mod_sum",),
+                                        **dict.fromkeys(("osc_variant", "osc_history", "osc_horizon"),
+                                                        ("oscillation",)),
                                         **dict.fromkeys(("augment", "crop_padding", "cutout", "normalization"), cifar),
                                         **{k: fields.TRANSLATION_DATASETS for k in fields.TRANSLATION_KEYS}}
 
