@@ -54,6 +54,18 @@ def _load_full(cfg, data_root, prepare_missing):
         if prepare_missing and not paths.modular_file(directory, cfg.modulus).exists():
             modular.prepare(paths.modular_file(directory, cfg.modulus), cfg.modulus)
         return modular.load(directory, cfg.modulus)
+    if cfg.dataset == "oscillation":
+        from . import oscillation
+
+        if prepare_missing and not paths.oscillation_file(directory).exists():
+            oscillation.prepare(paths.oscillation_file(directory))
+        return oscillation.load(directory, cfg.osc_variant, cfg.osc_history, cfg.osc_horizon)
+    if cfg.dataset == "integral":
+        from . import integral
+
+        if prepare_missing and not paths.integral_file(directory).exists():
+            integral.prepare(paths.integral_file(directory))
+        return integral.load(directory)
     if cfg.dataset == "mnist":
         from . import mnist
 
@@ -76,6 +88,10 @@ def _load_full(cfg, data_root, prepare_missing):
         from . import cora
 
         return cora.load(directory)
+    if cfg.dataset == "imagewoof":
+        from . import imagewoof
+
+        return imagewoof.load(directory, seed=cfg.data_seed)
     if cfg.dataset in TRANSLATION_DATASETS:
         from . import iwslt
 

@@ -1,7 +1,7 @@
 """Where each dataset's prepared files lie in its folder: the one definition the workflow's rules
 (rules/data.smk, rules/iwslt.smk, rules/common.smk's train inputs) and the loaders (digits, mnist,
-cifar, svhn, modular, iwslt, imagenet, imagenet100, cora) both use, so a rule's outputs are exactly
-what its loader reads.
+cifar, svhn, modular, integral, iwslt, imagenet, imagenet100, cora, imagewoof) both use, so a rule's outputs are
+exactly what its loader reads.
 
 A dataset's folder is ``<data_dir>/<dataset>`` (``folder``), or the run's ``dataset_dir``. Each
 function takes that folder and returns a ``Path`` (a Snakemake pattern such as
@@ -18,6 +18,8 @@ from ..config.families import TRANSLATION_DATASETS
 
 RAW = "raw"  # where rule fetch_raw puts a downloaded archive: <folder>/raw/<file>
 DIGITS = "digits.npz"  # rule prepare_digits (llqr.data.digits.prepare)
+INTEGRAL = "integral.npz"  # rule prepare_integral (llqr.data.integral.prepare)
+OSCILLATION = "oscillation.npz"  # rule prepare_oscillation (llqr.data.oscillation.prepare)
 MNIST = "mnist.npz"  # fetched as is (data_sources.mnist)
 CIFAR_ARCHIVES = {"cifar10": "cifar-10-binary.tar.gz", "cifar100": "cifar-100-binary.tar.gz"}  # fetched as is
 # The raw archive a loader reads directly, by dataset (the workflow fetches it under this name).
@@ -35,6 +37,9 @@ IMAGENET_MANIFEST = "manifest.json"  # written last into the shard folder
 # Cora's Planetoid files (rule fetch_cora), read as they are by llqr.data.cora
 CORA_FILE = "ind.cora.{part}"
 CORA_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
+IMAGEWOOF_ARCHIVE = "imagewoof2.tgz"  # rule fetch_imagewoof: fastai's full-size archive
+IMAGEWOOF_DECODED = "decoded"  # rule decode_imagewoof: a folder of .npy arrays
+IMAGEWOOF_META = "meta.json"  # written last into it
 
 
 def folder(data_root, dataset: str) -> Path:
@@ -46,9 +51,18 @@ def digits_file(directory) -> Path:
     return Path(directory) / DIGITS
 
 
+def oscillation_file(directory) -> Path:
+    return Path(directory) / OSCILLATION
+
+
 def modular_file(directory, p) -> Path:
     """The equations of modulus ``p`` (an int, or a wildcard such as ``"{p}"``)."""
     return Path(directory) / f"p{p}.npz"
+
+
+def integral_file(directory) -> Path:
+    """The integral-operator task's generated fields and integrals."""
+    return Path(directory) / INTEGRAL
 
 
 def raw_file(directory, name: str) -> Path:
@@ -102,6 +116,21 @@ def cora_file(directory, part: str) -> Path:
     return raw_file(directory, CORA_FILE.format(part=part))
 
 
+def imagewoof_archive(directory) -> Path:
+    return raw_file(directory, IMAGEWOOF_ARCHIVE)
+
+
+def imagewoof_meta(directory) -> Path:
+    """The decoded arrays' meta.json (``directory``: the dataset's folder, or the decoded folder itself)."""
+    directory = Path(directory)
+    return (directory if directory.name == IMAGEWOOF_DECODED else directory / IMAGEWOOF_DECODED) / IMAGEWOOF_META
+
+
+def imagewoof_array(directory, split: str, kind: str) -> Path:
+    """``{split}_{kind}.npy`` (kind x: uint8 images, y: labels) beside meta.json."""
+    return imagewoof_meta(directory).parent / f"{split}_{kind}.npy"
+
+
 def prepared_files(dataset: str, directory, modulus: int = 97) -> list[Path]:
     """The files a training job on ``dataset`` reads from its folder (``modulus``: mod_sum's p), in
     the form the workflow prepares them; [] for a dataset without a prepared form."""
@@ -109,6 +138,10 @@ def prepared_files(dataset: str, directory, modulus: int = 97) -> list[Path]:
         return [digits_file(directory)]
     if dataset == "mod_sum":
         return [modular_file(directory, modulus)]
+    if dataset == "integral":
+        return [integral_file(directory)]
+    if dataset == "oscillation":
+        return [oscillation_file(directory)]
     if dataset in RAW_FILES:
         return [raw_file(directory, RAW_FILES[dataset])]
     if dataset == "svhn":
@@ -119,4 +152,6 @@ def prepared_files(dataset: str, directory, modulus: int = 97) -> list[Path]:
         return [imagenet_manifest(directory)]
     if dataset == "cora":
         return [cora_file(directory, part) for part in CORA_PARTS]
+    if dataset == "imagewoof":
+        return [imagewoof_meta(directory)]
     return []

@@ -36,6 +36,13 @@ def module_layer(names: tuple[str, ...]) -> str:
     return "/".join(names[:-1]) or names[0]
 
 
+def operator_sizes(cfg, **study) -> dict:
+    """The study's sizes of an integral-operator model (width key first, then layers), with
+    operator_width / operator_depth overriding them where set (smaller ones are ours)."""
+    (width_key, width), (depth_key, depth) = study.items()
+    return {width_key: cfg.operator_width or width, depth_key: cfg.operator_depth or depth}
+
+
 def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
     """The model ``cfg.model`` with ``num_classes`` outputs (``vocab``: source and target
     dictionary sizes of a translation model).
@@ -148,6 +155,18 @@ def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
         # the SINGD study's ImageNet-100 ViT (sizes [not retrieved]: ViT-Ti/16 at 224x224, see llqr/models/vit.py)
         return ViT(num_classes=num_classes, patch=16, dropout_rate=cfg.dropout_rate,
                    attention_dropout_rate=cfg.dropout_rate)
+    if name == "lstm_seq2seq":  # num_classes: the features predicted per step
+        from .lstm_seq2seq import LSTMSeq2Seq
+
+        return LSTMSeq2Seq(hidden=cfg.lstm_hidden, layers=cfg.lstm_layers, horizon=cfg.osc_horizon)
+    if name == "deeponet":  # outputs: one per query point of the input (num_classes unused)
+        from .deeponet import DeepONet
+
+        return DeepONet(**operator_sizes(cfg, hidden=1024, layers=6))
+    if name == "tfonet":
+        from .tfonet import TFONet
+
+        return TFONet(**operator_sizes(cfg, d_model=128, layers=3))
     raise ModelNotAvailable(
         f"model '{name}' (preset '{cfg.preset}') is not implemented in this version of llqr; "
         f"available models: {', '.join(MODELS)}. The workflow still lists its cells (snakemake -n)."
