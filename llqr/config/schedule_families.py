@@ -66,6 +66,21 @@ HYPERBOLIC_FAMILIES = ("hyperbolic", "exp_hyperbolic", "warmup_hyperbolic", "war
 STUDY_CODES = {"N": "constant", "P": "polynomial", "C": "cosine", "E": "exponential", "L": "linear_decay",
                "S": "step", "OC": "one_cycle", "CY": "cyclic", "H": "hyperbolic", "EH": "exp_hyperbolic",
                "WH": "warmup_hyperbolic", "WEH": "warmup_exp_hyperbolic", "WC": "warmup_cosine"}
+# The study's scheduler families as its result figures group them (paper/result_plot.py), in order.
+# LR-free entries are optimizers (Prodigy, D-Adapt Adam at lr 1, no schedule), not schedules.
+STUDY_FAMILY_GROUPS = (("Traditional", ("N", "P", "C", "E", "L", "S")), ("Cyclic/Warmup", ("OC", "CY", "WC")),
+                       ("Hyperbolic", ("H", "EH", "WH", "WEH")), ("LR-free", ("Prodigy", "DAdapt")))
+OTHER_GROUP = "Other"
+
+
+def study_family_group(label) -> str:
+    """The family group of a scheduler code or LR-free optimizer label (case-insensitive: a
+    surface may spell them ``prodigy``, ``dadapt``); ``OTHER_GROUP`` for anything else."""
+    wanted = str(label).strip().lower()
+    for group, codes in STUDY_FAMILY_GROUPS:
+        if wanted in (c.lower() for c in codes):
+            return group
+    return OTHER_GROUP
 
 SCHEDULE_KEYS = (
     "lr_scheduler",

@@ -21,7 +21,19 @@ from .formats import simple_latex, simple_markdown, to_latex, to_markdown
 from .layout import label_order, ordered_keys, rows_matching, variant_name
 from .tables import layout, pivot
 
-FIT_COLUMNS = ["fit_a", "fit_b", "fit_r2", "fit_n"]
+FIT_COLUMNS = ["fit_on", "fit_a", "fit_b", "fit_r2", "fit_n"]
+# Accuracies in percent approach 100, so a power law in N fits their error 100 − accuracy (a·N^b with
+# b < 0, as for a loss); the study itself fits nothing and compares raw accuracies (its bars and its
+# accuracy SLCD, paper/analyze/src/bin/acc.rs).
+PERCENT_ACCURACIES = ("test_accuracy", "train_accuracy", "step_accuracy")
+
+
+def fit_target(metric: str) -> tuple:
+    """(name, transform) of what the power law is fitted to: the error for a percent accuracy, else
+    the metric itself."""
+    if metric in PERCENT_ACCURACIES:
+        return f"100 - {metric}", lambda values: 100.0 - np.asarray(values, dtype=float)
+    return metric, lambda values: np.asarray(values, dtype=float)
 
 
 def group_keys(surface: dict) -> list:
@@ -32,11 +44,12 @@ def budget_fits(table: pd.DataFrame, surface: dict) -> pd.DataFrame:
     """One row per group: the power law of its final means over the budgets."""
     keys, axis = group_keys(surface), surface["budget_axis"]
     order = label_order(surface)
+    target, transform = fit_target(surface["metric"])
     rows = []
     for key in ordered_keys(table.to_dict("records"), keys, order):
         mine = rows_matching(table, keys, key)
-        fit = power_law_fit([float(b) for b in mine[axis]], mine["final_mean"])
-        rows.append({**dict(zip(keys, key)), **{f"fit_{k}": v for k, v in fit.items()}})
+        fit = power_law_fit([float(b) for b in mine[axis]], transform(mine["final_mean"]))
+        rows.append({**dict(zip(keys, key)), "fit_on": target, **{f"fit_{k}": v for k, v in fit.items()}})
     return pd.DataFrame(rows, columns=[*keys, *FIT_COLUMNS])
 
 
@@ -55,8 +68,8 @@ def render_budget(surface: dict, entries: pd.DataFrame, table: pd.DataFrame, exc
     merged = table.merge(fits, on=keys, how="left") if keys else table.assign(**fits.iloc[0].to_dict())
     grid = pivot(table, surface)
     header = [*keys, "a", "b", "R²", "budgets"]
-    note = (f"Power law {surface['metric']} ≈ a·N^b over the epoch budgets N ({surface['budget_axis']}), "
-            "least squares in log-log space; R² in log space.")
+    note = (f"Power law {fit_target(surface['metric'])[0]} ≈ a·N^b over the epoch budgets N "
+            f"({surface['budget_axis']}), least squares in log-log space; R² in log space.")
     md = (to_markdown(grid, surface, excluded) + "\n## Power-law fit\n\n"
           + simple_markdown(header, _fit_rows(fits, keys)))
     md += "\n" + note + "\n"
@@ -66,17 +79,19 @@ def render_budget(surface: dict, entries: pd.DataFrame, table: pd.DataFrame, exc
 
 
 def budget_figure(surface: dict, table: pd.DataFrame, fits: pd.DataFrame) -> Figure:
-    """Final metric vs budget on log-log axes: a point per budget (± std), the fitted power law dashed."""
+    """What the power law fits (the metric, or an accuracy's error) vs budget on log-log axes: a point
+    per budget (± std), the fitted power law dashed."""
     presets = label_order(surface)["preset"] or [""]
     fig = Figure(figsize=(5.2 * len(presets), 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     fig.suptitle(surface["title"], fontsize="medium")
     keys, axis = group_keys(surface), surface["budget_axis"]
     others = [k for k in keys if k != "preset"]
+    target, transform = fit_target(surface["metric"])
     for ax, preset in zip(fig.subplots(1, len(presets), squeeze=False).ravel(), presets):
         ax.set_title(preset)
         ax.set_xlabel(f"epoch budget ({axis})")
-        ax.set_ylabel(f"final {surface['metric']}")
+        ax.set_ylabel(f"final {target}")
         mine = table[(table["preset"] == preset) & (table["n_ok"] > 0)]
         groups = ordered_keys(mine.to_dict("records"), others, label_order(surface)) if not mine.empty else []
         if not groups:
@@ -85,7 +100,7 @@ def budget_figure(surface: dict, table: pd.DataFrame, fits: pd.DataFrame) -> Fig
         for key, color in zip(groups, palette(len(groups))):
             rows = rows_matching(mine, others, key)
             x = rows[axis].astype(float).to_numpy()
-            y, err = rows["final_mean"].to_numpy(), rows["final_std"].fillna(0.0).to_numpy()
+            y, err = transform(rows["final_mean"]), rows["final_std"].fillna(0.0).to_numpy()
             fit = rows_matching(fits, ["preset", *others], (preset, *key)).iloc[0]
             label = variant_name(key) or surface["metric"]
             if np.isfinite(fit["fit_b"]):
@@ -153,6 +168,8 @@ def render_slcd(surface: dict, entries: pd.DataFrame, curves: pd.DataFrame, excl
     note = (f"SLCD of the {surface['metric']} curves (x = {surface.get('x', 'step')}): Savitzky–Golay smoothing "
             "(window 9, order 2; shorter curves use their longest odd window), then the mean of |x−y|/(x+y) over "
             f"the points of the shorter budget; seeds' curves averaged first. Lower: the budgets' curves agree.")
+    if surface["metric"] in PERCENT_ACCURACIES:  # the study's accuracy SLCD (acc.rs) uses the accuracy itself
+        note += " On the accuracy itself, not its error, as the study does (the ratio does not depend on the unit)."
     summary = [[*(str(k) for k in key), num(upper_mean(mat))] for key, mat in mats]
     md = [f"# {surface['title']}", ""]
     if surface.get("caption"):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .atomic import write_figure, write_text
+from .bars import render_bars
 from .budget import render_budget, render_slcd
 from .collect import curves_frame, entries_frame
 from .figures import curves_figure
@@ -58,7 +59,13 @@ def render_surface(surface: dict, results_dir, out_dir) -> dict:
     entries = entries_frame(surface, results_dir)
     excluded = excluded_cells(entries)
     kind = surface.get("kind", "grid")
-    if kind == "slcd":
+    if kind == "schedules":  # no cells: the schedule formulas (imported here: they load JAX)
+        from .schedules import render_schedules
+
+        parts = render_schedules(surface)
+    elif kind == "bars":
+        parts = render_bars(surface, summarise(entries, surface), excluded)
+    elif kind == "slcd":
         parts = render_slcd(surface, entries, curves_frame(surface, results_dir), excluded)
     elif kind == "budget":
         parts = render_budget(surface, entries, summarise(entries, surface), excluded)

@@ -23,8 +23,9 @@ def check_hyperbolic(eta0: float, eta_inf: float, n: float, upper: float) -> Non
         raise ValueError(f"hyperbolic schedule: eta_min={eta_inf:g} must be below the initial value {eta0:g}")
 
 
-def _h(x, n, upper):
-    """sqrt((N-x)(2U-N-x))/U: 1 at x=0 only when U=N, and 0 at x=N."""
+def hyperbola(x, n, upper):
+    """h(x; N, U) = sqrt((N-x)(2U-N-x))/U: 1 at x=0 only when U=N, and 0 at x=N; below its
+    asymptote 1 - x/U, which does not depend on N (the study's Proposition 1 figure)."""
     x = jnp.clip(jnp.asarray(x, jnp.float32), 0.0, n)
     return jnp.sqrt(jnp.maximum((n - x) * (2.0 * upper - n - x), 0.0)) / upper
 
@@ -33,7 +34,7 @@ def hyperbolic(eta0: float, eta_inf: float, n: float, upper: float):
     """H: eta0 + (eta0 - eta_inf)(h(x) - h(0)); reaches eta_inf at x=N iff U=N."""
     check_hyperbolic(eta0, eta_inf, n, upper)
     h0 = math.sqrt(n * (2.0 * upper - n)) / upper
-    return lambda x: eta0 + (eta0 - eta_inf) * (_h(x, n, upper) - h0)
+    return lambda x: eta0 + (eta0 - eta_inf) * (hyperbola(x, n, upper) - h0)
 
 
 def exp_hyperbolic(eta0: float, eta_inf: float, n: float, upper: float):
@@ -41,7 +42,7 @@ def exp_hyperbolic(eta0: float, eta_inf: float, n: float, upper: float):
     check_hyperbolic(eta0, eta_inf, n, upper)
     h0 = math.sqrt(n * (2.0 * upper - n)) / upper
     ratio = math.log(eta0 / eta_inf)
-    return lambda x: eta0 * jnp.exp(ratio * (_h(x, n, upper) - h0))
+    return lambda x: eta0 * jnp.exp(ratio * (hyperbola(x, n, upper) - h0))
 
 
 def warmup_epochs(n: float) -> int:
@@ -85,8 +86,9 @@ def warmup_cosine(eta0: float, eta_min: float, n: float, start_factor: float):
 
 
 def polynomial(eta0: float, n: float, power: float):
-    """PolynomialLR(total_iters=N): eta0 (1 - x/N)^power."""
-    return lambda x: eta0 * (1.0 - jnp.clip(jnp.asarray(x, jnp.float32), 0.0, n) / n) ** power
+    """PolynomialLR(total_iters=N): eta0 (1 - x/N)^power. The base is floored at 0: compiled, x/N
+    becomes x·(1/N), and 1 - N·(1/N) is -1.5e-8 in float32 at x = N, whose fractional power is NaN."""
+    return lambda x: eta0 * jnp.maximum(1.0 - jnp.clip(jnp.asarray(x, jnp.float32), 0.0, n) / n, 0.0) ** power
 
 
 def exponential(eta0: float, gamma: float):

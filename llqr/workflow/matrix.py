@@ -26,6 +26,7 @@ from .cells import (  # noqa: F401 (BOOKKEEPING_KEYS and normalise: importable f
     resolve_position,
 )
 from .resources import check_resource_presets
+from .schedule_spec import parse_schedules
 from .studies import Study, check_corners, parse_tune, study_for  # noqa: F401 (Study: importable from here)
 from .surface_spec import (
     KINDS,
@@ -67,6 +68,8 @@ class Surface:
     panels: str | None = None  # the figure's panels: one per preset, or per preset and label of this axis
     sweep_axis: str | None = None  # kind sweep: the axis whose numeric labels are the figure's x (log scale)
     metrics: list | None = None  # kind sweep: one figure panel per metric (default: the surface metric)
+    bar_axis: str | None = None  # kind bars: the axis whose labels are scheduler codes (bars, by family)
+    schedules: dict | None = None  # kind schedules: the checked spec (llqr.workflow.schedule_spec); no cells
     entries: list = field(default_factory=list)
 
     @property
@@ -74,7 +77,9 @@ class Surface:
         return sorted({e.cell_id for e in self.entries})
 
     def to_dict(self) -> dict:
-        """What the aggregation step needs, as plain JSON."""
+        """What the aggregation step needs, as plain JSON (a kind's own keys only where set, so the
+        other surfaces' aggregate params stay as they were)."""
+        extra = {key: getattr(self, key) for key in ("bar_axis", "schedules") if getattr(self, key) is not None}
         return {
             "name": self.name,
             "title": self.title,
@@ -95,6 +100,7 @@ class Surface:
             "entries": [
                 {"cell": e.cell_id, "preset": e.preset, "labels": e.labels, "seed": e.seed} for e in self.entries
             ],
+            **extra,
         }
 
 
@@ -110,6 +116,20 @@ class Matrix:
         return [s for s, surf in self.surfaces.items() if surf.group in groups]
 
 
+def _resolved(cache: dict, base_values: dict, base: dict, overrides: dict, seed: int, preset: str) -> tuple:
+    """``resolve_position``, once per (preset, overrides, seed) across surfaces: the study surfaces that
+    read the same runs (budget, curves, slcd) would otherwise build and check each config three times."""
+    key = ("position", preset, canonical_json(overrides), int(seed))
+    if key not in cache:
+        try:
+            cache[key] = resolve_position(base_values, base, overrides, seed, preset)
+        except ConfigError as exc:
+            cache[key] = exc
+    if isinstance(cache[key], ConfigError):
+        raise cache[key]
+    return cache[key]
+
+
 def _check_sweep(surface: Surface, axes: dict) -> None:
     """kind sweep: sweep_axis names an axis whose labels are positive numbers; metrics are known."""
     name = surface.name
@@ -120,6 +140,10 @@ def _check_sweep(surface: Surface, axes: dict) -> None:
     for metric in surface.metrics or []:
         if metric not in METRICS:
             raise surface_error(name, f"unknown metric '{metric}' in metrics (allowed: {', '.join(METRICS)})")
+    if (surface.kind == "bars") != (surface.bar_axis is not None):
+        raise surface_error(name, "bar_axis goes with kind bars (and kind bars needs it)")
+    if surface.bar_axis is not None and surface.bar_axis not in axes:
+        raise surface_error(name, f"bar_axis '{surface.bar_axis}' is not an axis (axes: {', '.join(axes) or 'none'})")
     if surface.sweep_axis is None:
         return
     if surface.sweep_axis not in axes:
@@ -140,6 +164,8 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
     (both shared across surfaces)."""
     _cache = {} if _cache is None else _cache
     studies = {} if studies is None else studies
+    if spec.get("kind") == "schedules":
+        return schedule_surface(name, spec)
     presets = spec.get("presets") or []
     if not presets:
         raise surface_error(name, "'presets' is empty")
@@ -184,6 +210,7 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
         panels=spec.get("panels"),
         sweep_axis=spec.get("sweep_axis"),
         metrics=spec.get("metrics"),
+        bar_axis=spec.get("bar_axis"),
     )
     if surface.kind not in KINDS:
         raise surface_error(name, f"unknown kind '{surface.kind}' (allowed: {', '.join(KINDS)})")
@@ -216,7 +243,7 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
                 study = study_for(name, tune, axes, combo, rules, preset, base_values, base, studies, where)
             for seed in seeds:
                 try:
-                    config, settings = resolve_position(base_values, base, overrides, seed, preset)
+                    config, settings = _resolved(_cache, base_values, base, overrides, seed, preset)
                     if study and seed == seeds[0]:  # best params must fit every budget (seeds do not matter)
                         check_corners(config, study.space)
                 except ConfigError as exc:
@@ -231,6 +258,16 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
                 surface.entries.append(Entry(cid, preset, labels, int(seed)))
     _check_axes_distinct(surface)
     return surface
+
+
+def schedule_surface(name: str, spec: dict) -> Surface:
+    """A ``kind: schedules`` surface: drawn from the schedule formulas, so no presets, seeds or cells
+    (its aggregate job has no inputs)."""
+    schedules = parse_schedules(name, spec)
+    return Surface(name=name, title=spec.get("title", name), caption=spec.get("caption", ""),
+                   group=check_group(name, spec.get("group", "demo")), metric="test_accuracy", mode="max", axes={},
+                   rows=["schedule"], columns=["budget"], seeds=[], x=spec.get("x", "step"), kind="schedules",
+                   schedules=schedules)
 
 
 def _check_axes_distinct(surface: Surface):
