@@ -25,13 +25,17 @@ PAPER_COUNTS = {
 # seed 42's cells); SVAG: l in 1..32 per network, the linear scaling rule at B = 2..2048 on three networks
 # each (lsr_noise reads lsr's cells), SGD vs noisy GD pairs.
 SVAG_L, LSR_B = 6, 11
+HLR_MODELS = ("cnn", "resnet18", "resnet34", "resnet50", "vit")
+HLR_CELLS = {"compare": 28 * 5, "budget": 2 * 13 * 4 * 5, "curves": 2 * 13 * 4 * 5, "slcd": 2 * 13 * 4 * 5}
 STUDY_COUNTS = {"singd": 9 * 2 * 3, "singd_memory": 18, "singd_speed": 18,
                 "svag_convergence_b64": SVAG_L, "svag_convergence_b1024": SVAG_L, "svag_baselines": 3 * SVAG_L,
                 "svag_architectures": 3 * SVAG_L, "svag_unnormalized": SVAG_L, "svag_triangle": 2 * SVAG_L,
                 "svag_cosine": 2 * SVAG_L, "lsr": 3 * LSR_B, "lsr_further": 3 * LSR_B, "lsr_noise": 3 * LSR_B,
                 "noisy_gd": 2, "noisy_gd_wide": 2, "noisy_gd_small_batch": 2,
-                # HyperbolicLR: 3 models x 13 schedules x 4 budgets x 5 seeds; LR-free adds 2 optimizers
-                "hyperbolic_budget": 780, "hyperbolic_curves": 780, "hyperbolic_slcd": 780, "lr_free": 3 * 3 * 4 * 5}
+                # HyperbolicLR, per CIFAR-10 model: Compare 28 runs x 5 seeds; Optimize-Compare 2 optimizers x
+                # 13 schedules x 4 budgets x 5 seeds (budget, curves and slcd read the same runs); LR-free 3 x 4 x 5
+                **{f"hlr_cifar10_{m}_{kind}": HLR_CELLS[kind] for m in HLR_MODELS for kind in HLR_CELLS},
+                "lr_free": len(HLR_MODELS) * 3 * 4 * 5}
 # svag_baselines' B = 1024 cells are svag_convergence_b1024's
 SVAG_UNIQUE = 2 * SVAG_L + 2 * SVAG_L + 3 * SVAG_L + SVAG_L + 4 * SVAG_L + 2 * 3 * LSR_B + 3 * 2
 
@@ -51,14 +55,23 @@ def test_study_cell_counts_and_shared_cells(paper):
     counts = {name: len(paper.surfaces[name].cell_ids) for name in paper.group("studies")}
     assert counts == STUDY_COUNTS
     studies = {c for n in STUDY_COUNTS for c in paper.surfaces[n].cell_ids}
-    # memory/speed read the singd cells; the budget surfaces share their runs; lr_free's AdamW + H cells are
-    # hyperbolic_budget's (same config, same tuning study)
-    assert len(studies) == 54 + SVAG_UNIQUE + 780 + 3 * 2 * 4 * 5
-    hyper = set(paper.surfaces["hyperbolic_budget"].cell_ids)
-    assert hyper == set(paper.surfaces["hyperbolic_slcd"].cell_ids) == set(paper.surfaces["hyperbolic_curves"].cell_ids)
-    assert len(set(paper.surfaces["lr_free"].cell_ids) & hyper) == 3 * 4 * 5
+    # memory/speed read the singd cells; budget, curves and slcd share their runs; lr_free's AdamW + H cells
+    # are the budget surface's (same config, same tuning study) and its untuned D-Adapt at 50 epochs the
+    # Compare surface's
+    hlr = len(HLR_MODELS) * (HLR_CELLS["compare"] + HLR_CELLS["budget"]) + len(HLR_MODELS) * (3 * 4 * 5 - 4 * 5 - 5)
+    assert len(studies) == 54 + SVAG_UNIQUE + hlr
+    for m in HLR_MODELS:
+        budget = set(paper.surfaces[f"hlr_cifar10_{m}_budget"].cell_ids)
+        assert budget == set(paper.surfaces[f"hlr_cifar10_{m}_slcd"].cell_ids) == set(
+            paper.surfaces[f"hlr_cifar10_{m}_curves"].cell_ids)
+        assert len(set(paper.surfaces["lr_free"].cell_ids) & budget) == 4 * 5
+        lrs = {e.labels["run"]: paper.cells[e.cell_id].config["learning_rate"]
+               for e in paper.surfaces[f"hlr_cifar10_{m}_compare"].entries}
+        for opt in ("adam", "adamw"):  # Compare mode: N is a constant lr/10
+            assert lrs[f"{opt}-N"] == pytest.approx(lrs[f"{opt}-C"] / 10)
     tuned = [s for s in paper.studies.values() if s.preset.endswith("-hlr")]  # the demo's are digits studies
-    assert len(tuned) == 3 * 14 and all(s.trials == 25 and s.config["total_epochs"] == 50 for s in tuned)
+    assert len(tuned) == len(HLR_MODELS) * (2 * 13 + 1)  # + Prodigy's d_coef
+    assert all(s.trials == 25 and s.config["total_epochs"] == 50 for s in tuned)
     assert set(paper.surfaces["lsr_noise"].cell_ids) == set(paper.surfaces["lsr"].cell_ids)
     assert set(paper.surfaces["svag_convergence_b1024"].cell_ids) < set(paper.surfaces["svag_baselines"].cell_ids)
     svag = [n for n in paper.group("svag_study")]
