@@ -1,7 +1,7 @@
 # Dataset preparation: each step a declared output, done once and shared by every cell. The
 # outputs' names come from llqr/data/paths.py (data_paths), where the loaders look for them too.
 from llqr.data.imagenet100 import CLASSES as IMAGENET100_CLASSES
-from llqr.data.sources import cora_source, svhn_source
+from llqr.data.sources import cora_source, imagewoof_source, svhn_source
 
 
 rule prepare_digits:
@@ -85,6 +85,40 @@ rule fetch_cora:
         source=lambda wc: cora_source(wc.part, config["data_sources"].get("cora")),
     script:
         "../workflow_scripts/fetch_raw.py"
+
+
+# ImageWoof-10: fastai's full-size imagewoof2.tgz, checked by fastai's size and first-MiB md5
+# (llqr/data/sources.py; data_sources.imagewoof may set url or a local copy), decoded once to arrays.
+rule fetch_imagewoof:
+    output:
+        str(data_paths.imagewoof_archive(data_folder("imagewoof"))),
+    log:
+        "logs/data/fetch_imagewoof.log",
+    retries: 0
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        source=lambda wc: imagewoof_source(config["data_sources"].get("imagewoof")),
+    script:
+        "../workflow_scripts/fetch_raw.py"
+
+
+# ~13k JPEGs to 256x256 uint8 arrays (~2.5 GB), a few minutes on one core.
+rule decode_imagewoof:
+    input:
+        str(data_paths.imagewoof_archive(data_folder("imagewoof"))),
+    output:
+        str(data_paths.imagewoof_meta(data_folder("imagewoof"))),
+    log:
+        "logs/data/decode_imagewoof.log",
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../workflow_scripts/decode_imagewoof.py"
 
 
 rule index_imagenet:

@@ -16,7 +16,7 @@ from llqr.data import DataError, load_dataset, paths
 RULES = {"digits": ["prepare_digits"], "mod_sum": ["prepare_modular"], "integral": ["prepare_integral"],
          "mnist": ["fetch_raw"],
          "cifar10": ["fetch_raw"], "cifar100": ["fetch_raw"], "svhn": ["fetch_svhn"] * 2, "imagenet": ["pack_imagenet"],
-         "imagenet100": ["pack_imagenet100"], "cora": ["fetch_cora"] * 8,
+         "imagenet100": ["pack_imagenet100"], "cora": ["fetch_cora"] * 8, "imagewoof": ["decode_imagewoof"],
          **{corpus: ["iwslt_pack", "iwslt_cache"] for corpus in TRANSLATION_DATASETS}}
 
 

@@ -157,3 +157,56 @@ def test_imagenet100_is_a_class_subset_pack(tmp_path):
     assert manifest["counts"]["train"] == sum(w in keep for w, _n, _b in images.train)
     with pytest.raises(DataError, match="lacks 1 of the 3 requested classes"):
         pack(source, tmp_path / "bad", shard_size_mb=0.01, log=lambda *_a: None, classes=(*keep, "n09999999"))
+
+
+@pytest.fixture(scope="module")
+def woof_dir(tmp_path_factory):
+    from fixtures import imagewoof as woof_fixture
+    from llqr.data import imagewoof
+
+    directory = tmp_path_factory.mktemp("data") / "imagewoof"
+    expected = woof_fixture.write(paths.imagewoof_archive(directory))
+    imagewoof.decode(paths.imagewoof_archive(directory), paths.imagewoof_meta(directory).parent, log=lambda *_a: None)
+    return directory, expected
+
+
+def test_imagewoof_decoded_once_and_streamed(woof_dir):
+    from llqr.data import imagewoof
+
+    directory, expected = woof_dir
+    meta = json.loads(paths.imagewoof_meta(directory).read_text())
+    assert meta["counts"] == {s: len(v) for s, v in expected.items()} and meta["size"] == imagewoof.STORED
+    data = imagewoof.load(directory, seed=3)
+    labels = [imagewoof.CLASSES.index(w) for w, _n in expected["train"]]
+    np.testing.assert_array_equal(data.y_train, labels)
+    assert data.x_train.dtype == np.uint8 and data.x_train.shape[1:] == (256, 256, 3)
+    x, y = data.train_batch(np.array([0, 3, 5]), 7)
+    assert x.shape == (3, 224, 224, 3) and x.dtype == np.float32 and y.tolist() == [labels[i] for i in (0, 3, 5)]
+    np.testing.assert_array_equal(x, data.train_batch(np.array([0, 3, 5]), 7)[0])  # batch k replays
+    assert not np.array_equal(x, data.train_batch(np.array([0, 3, 5]), 8)[0])
+    (ex, ey), = list(data.eval_batches(64))
+    centre = (data.x_test[:, 16:240, 16:240] / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(ex, centre, rtol=1e-5, atol=1e-5)
+    assert data.input_shape == (224, 224, 3) and len(ey) == data.test_size == len(expected["val"])
+    for _ in range(50):  # a crop window always lies inside the image and keeps the aspect bounds
+        top, left, h, w = imagewoof.crop_params(np.random.default_rng(_), 256, 200)
+        assert 0 <= top <= 256 - h and 0 <= left <= 200 - w and h > 0 and w > 0
+
+
+def test_imagewoof_bad_archive_and_missing_arrays_are_named(woof_dir, tmp_path):
+    from llqr.data import imagewoof
+    from llqr.data.fetch import head_md5, verify
+
+    archive = paths.imagewoof_archive(woof_dir[0])
+    truncated = tmp_path / "imagewoof2.tgz"
+    truncated.write_bytes(archive.read_bytes()[:3000])
+    with pytest.raises(DataError, match="not a readable imagewoof2 archive.*fetch_imagewoof"):
+        imagewoof.decode(truncated, tmp_path / "decoded", log=lambda *_a: None)
+    with pytest.raises(DataError, match="ImageWoof is not decoded.*decode_imagewoof"):
+        imagewoof.load(tmp_path / "nothing")
+    with pytest.raises(DataError, match="3000 bytes, expected"):
+        verify(truncated, {"size": archive.stat().st_size})
+    with pytest.raises(DataError, match="first MiB mismatch"):
+        verify(archive, {"md5_first_mib": "0" * 32})
+    verify(archive, {"size": archive.stat().st_size, "md5_first_mib": head_md5(archive)})
+    assert sources.imagewoof_source()["md5_first_mib"] == sources.IMAGEWOOF_MD5_FIRST_MIB

@@ -8,7 +8,8 @@ from llqr.data.fetch import fetch
 
 src = snakemake.params.source
 try:
-    fetch(src.get("url"), Path(snakemake.output[0]), {k: src.get(k) for k in ("md5", "sha256")}, src.get("local"))
+    checks = {k: src.get(k) for k in ("md5", "sha256", "size", "md5_first_mib")}
+    fetch(src.get("url"), Path(snakemake.output[0]), checks, src.get("local"))
 except DataError as exc:
     Path(snakemake.log[0]).write_text(f"{exc}\n")
     sys.exit(f"error: {exc}")

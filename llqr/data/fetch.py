@@ -19,8 +19,22 @@ def file_digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
+def head_md5(path: Path, size: int = 1 << 20) -> str:
+    """md5 of the first ``size`` bytes: the digest fastai's download checks record (with the size)."""
+    with open(path, "rb") as fh:
+        return hashlib.md5(fh.read(size)).hexdigest()
+
+
 def verify(path: Path, checksums: dict, label=None) -> None:
-    """Check ``path`` against the configured digests; errors name ``label`` (default: the path)."""
+    """Check ``path`` against the configured digests (``sha256``, ``md5``; ``size`` in bytes and
+    ``md5_first_mib`` where only fastai's checks exist); errors name ``label`` (default: the path)."""
+    size = checksums.get("size")
+    if size is not None and path.stat().st_size != int(size):
+        raise DataError(f"{label or path}: {path.stat().st_size} bytes, expected {int(size)}; "
+                        "the file is truncated or not the official one")
+    if checksums.get("md5_first_mib") and head_md5(path) != checksums["md5_first_mib"].lower():
+        raise DataError(f"{label or path}: md5 of the first MiB mismatch (expected {checksums['md5_first_mib']}); "
+                        "the file is corrupt or not the official one")
     for algorithm in ("sha256", "md5"):
         expected = checksums.get(algorithm)
         if expected and file_digest(path, algorithm) != expected.lower():

@@ -1,5 +1,6 @@
 """Official downloads of the datasets the config's ``data_sources`` cannot describe: one entry there
-names one file and one checksum, and SVHN has a file per split (each with its own md5), Cora eight.
+names one file and one checksum, and SVHN has a file per split (each with its own md5), Cora eight;
+ImageWoof's archive has only fastai's check (size and md5 of the first MiB).
 
 Pure Python (the Snakefile imports it). ``data_sources.svhn`` may still redirect the fetch: ``url``
 is then a base address the file names are appended to, ``local`` a folder holding both files.
@@ -57,3 +58,19 @@ def cora_source(part: str, override: dict | None = None) -> dict:
     local = override.get("local")
     return {"url": base.rstrip("/") + "/" + name, "sha256": CORA_SHA256[part],
             "local": str(Path(local) / name) if local else None}
+
+
+# ImageWoof-10, fastai's full-size imagewoof2 (the loader decodes it once). The only published check
+# is fastai's (fastai/data/checks.txt): the size and the md5 of the first MiB; whole-file md5s found in
+# third-party code disagree with each other, so none is used.
+IMAGEWOOF_URL = "https://s3.amazonaws.com/fast-ai-imageclas/imagewoof2.tgz"
+IMAGEWOOF_SIZE = 1_343_715_595
+IMAGEWOOF_MD5_FIRST_MIB = "2cc1c1e36e20cb6fd24ffb978edcb487"
+
+
+def imagewoof_source(override: dict | None = None) -> dict:
+    """What rule fetch_imagewoof hands llqr.data.fetch.fetch: url, fastai's size and first-MiB md5, and a
+    local copy; ``override`` (config ``data_sources.imagewoof``: url, local file) may move them."""
+    override = override or {}
+    return {"url": override.get("url") or IMAGEWOOF_URL, "size": IMAGEWOOF_SIZE,
+            "md5_first_mib": IMAGEWOOF_MD5_FIRST_MIB, "local": override.get("local")}

@@ -32,6 +32,8 @@ def dataset_files(cfg, data, data_root) -> list[Path]:
     the array file or archive the loader opened (``data.path``)."""
     if cfg.dataset in ("imagenet", "imagenet100"):
         return [Path(data.path) / "manifest.json"]
+    if cfg.dataset == "imagewoof":  # its meta.json names the decoded arrays' digests
+        return [Path(data.path) / "meta.json"]
     if getattr(data, "task", "classification") == "translation":
         root = dataset_dir(cfg, data_root)
         return [root / TRANSLATION_ARCHIVE, root / NUMERIC_CACHE / "metadata.json"]
