@@ -131,7 +131,7 @@ def test_the_gcn_trains_on_the_graph_through_the_runner(cora_dir, tmp_path):
 
     directory, _expected = cora_dir
     cfg = resolve("digits-mlp-smoke", {"model": "gcn", "dataset": "cora", "dataset_dir": str(directory),
-                                       "batch_size": 1, "total_epochs": 30, "optimizer": "adam", "learning_rate": 0.01,
+                                       "batch_size": 1, "total_epochs": 12, "optimizer": "adam", "learning_rate": 0.01,
                                        "test_eval_freq": 10, "lr_scheduler": "constant"})
     summary = run(cfg, cell_id="g/default/seed42", results_dir=tmp_path, checkpoints_dir=tmp_path,
                   data_root=tmp_path, out=lambda _m: None)
