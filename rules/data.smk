@@ -31,6 +31,34 @@ rule prepare_modular:
         "../workflow_scripts/prepare_modular.py"
 
 
+# The HyperbolicLR study's oscillator trajectories, generated (no download): three damped
+# oscillators integrated by Newmark-beta (llqr/data/oscillation.py); the loader windows and splits them.
+rule prepare_oscillation:
+    output:
+        str(data_paths.oscillation_file(data_folder("oscillation"))),
+    log:
+        "logs/data/prepare_oscillation.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/prepare_oscillation.py"
+
+
+# The HyperbolicLR study's integral-operator data, generated (no download, a fixed seed): 10,000
+# Gaussian random fields and their integrals (llqr/data/integral.py), split 8,000 / 2,000.
+rule prepare_integral:
+    output:
+        str(data_paths.integral_file(data_folder("integral"))),
+    log:
+        "logs/data/prepare_integral.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/prepare_integral.py"
+
+
 rule fetch_raw:
     output:
         str(data_paths.raw_file(data_folder("{dataset}"), "{file}")),

@@ -14,6 +14,8 @@ schedule families are ``llqr.config.schedule_families.SCHEDULE_FAMILIES``. Pure 
 from __future__ import annotations
 
 # --- models (llqr.models.build_model) -------------------------------------------------------------
+# the models of the integral-operator data (dataset integral), and only of it
+OPERATOR_MODELS = ("deeponet", "tfonet")
 MODELS = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramidnet110", "transformer_iwslt",
           # the companion studies' models (SVAG, SINGD): ours
           "preresnet32", "vgg16", "vgg19", "si_mlp",
@@ -30,7 +32,7 @@ MODELS = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramid
           # the HyperbolicLR study's oscillation forecaster (llqr/models/lstm_seq2seq.py): ours
           "lstm_seq2seq",
           # the HyperbolicLR study's integral-operator networks (llqr/models/deeponet.py, tfonet.py): ours
-          "deeponet", "tfonet")
+          *OPERATOR_MODELS)
 # Models whose training-mode output depends on the rest of the batch (BatchNorm batch statistics):
 # always, or with norm=bn for the models whose ``norm`` key picks the normalisation (ours).
 BATCHNORM_MODELS = ("resnet18", "resnet34", "resnet50", "resnet50_cifar", "vgg16bn", "wide_resnet28x10",

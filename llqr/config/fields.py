@@ -33,6 +33,7 @@ from .families import (
     MODULAR_DATASETS,
     NORM_MODES,
     NORMALIZATIONS,
+    OPERATOR_MODELS,
     OPTIMIZERS,
     OSC_VARIANTS,
     PERTURB_MODES,
@@ -138,11 +139,11 @@ class RunConfig:
                            doc="Ours: lstm_seq2seq's stacked LSTM layers (encoder and decoder each).")
     # the integral-operator networks' sizes (null: the HyperbolicLR study's defaults); smaller ones are ours
     operator_width: int = opt(None, "int", gt=0, nullable=True, params_at_default=False,
-                              read_when={"model": ("deeponet", "tfonet")},
+                              read_when={"model": OPERATOR_MODELS},
                               doc="deeponet's hidden width (null: the study's 1024) or tfonet's d_model (null: 128, "
                                   "a multiple of its 2 heads).")
     operator_depth: int = opt(None, "int", gt=0, nullable=True, params_at_default=False,
-                              read_when={"model": ("deeponet", "tfonet")},
+                              read_when={"model": OPERATOR_MODELS},
                               doc="deeponet's num_layers, Linear layers per branch and trunk net (null: the study's "
                                   "6), or tfonet's encoder and decoder layers each (null: 3).")
     # --- loop ------------------------------------------------------------------------

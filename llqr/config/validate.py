@@ -16,6 +16,9 @@ from .families import (
     KRONECKER_OPTIMIZERS,
     MODULAR_DATASETS,
     NORM_KEY_MODELS,
+    OPERATOR_MODELS,
+    REGRESSION_DATASETS,
+    REGRESSION_LOSSES,
     TRANSLATION_DATASETS,
 )
 from .fields import FIELDS
@@ -239,6 +242,7 @@ def check_combinations(cfg: dict) -> None:
                           "steps; it is not available for translation, SVAG or Kronecker optimizers")
     check_noise_study(cfg)
     check_graph(cfg)
+    check_regression(cfg)
     if cfg.get("train_fraction", 1.0) < 1.0 and cfg["dataset"] not in IN_MEMORY_DATASETS:
         raise ConfigError(f"train_fraction={cfg['train_fraction']} subsets in-memory datasets only "
                           f"({', '.join(IN_MEMORY_DATASETS)}), not {cfg['dataset']}")
@@ -336,3 +340,34 @@ def check_modular(cfg: dict) -> None:
                           f"together (got model={cfg['model']}, dataset={cfg['dataset']})")
     if cfg["model"] == "grok_transformer" and cfg["grok_dim"] % 4:
         raise ConfigError(f"grok_dim={cfg['grok_dim']} must be a multiple of the grok_transformer's 4 heads")
+
+
+def check_regression(cfg: dict) -> None:
+    """A regression loss goes with a regression dataset (and cross_entropy with every other), and
+    lstm_seq2seq with the oscillation windows. What reads class log-probabilities is refused on float
+    targets: the LLQR fit (its divergences), the Kronecker optimizers' factors, label smoothing, the
+    noise studies, the step accuracy."""
+    regression = cfg["dataset"] in REGRESSION_DATASETS
+    if regression != (cfg["loss"] in REGRESSION_LOSSES):
+        want = f"loss={' or '.join(REGRESSION_LOSSES)}" if regression else "loss=cross_entropy"
+        raise ConfigError(f"loss={cfg['loss']} with dataset={cfg['dataset']}: "
+                          f"{'its float targets' if regression else 'its class labels'} need {want} "
+                          f"(regression datasets: {', '.join(REGRESSION_DATASETS)})")
+    if (cfg["model"] == "lstm_seq2seq") != (cfg["dataset"] == "oscillation"):
+        raise ConfigError(f"model lstm_seq2seq and dataset oscillation go together (got model={cfg['model']}, "
+                          f"dataset={cfg['dataset']})")
+    if (cfg["model"] in OPERATOR_MODELS) != (cfg["dataset"] == "integral"):
+        raise ConfigError(f"models {', '.join(OPERATOR_MODELS)} and dataset integral go together (got "
+                          f"model={cfg['model']}, dataset={cfg['dataset']})")
+    if not regression:
+        return
+    refused = {"use_preconditioner": cfg["use_preconditioner"], "optimizer": cfg["optimizer"] in KRONECKER_OPTIMIZERS,
+               "label_smoothing": cfg["label_smoothing"] > 0, "noise": cfg["noise"] != "minibatch",
+               "noise_stats_from_epoch": cfg.get("noise_stats_from_epoch") is not None,
+               "log_step_accuracy": cfg.get("log_step_accuracy", False)}
+    bad = [key for key, on in refused.items() if on]
+    if bad:
+        raise ConfigError(f"loss={cfg['loss']} (regression) with {', '.join(f'{k}={cfg[k]}' for k in bad)}: these "
+                          f"read class log-probabilities or accuracies; set use_preconditioner=false, a "
+                          f"non-Kronecker optimizer, label_smoothing=0, noise=minibatch, noise_stats_from_epoch=null "
+                          f"and log_step_accuracy=false")

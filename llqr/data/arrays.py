@@ -1,4 +1,4 @@
-"""An in-memory classification dataset and atomic .npz writing."""
+"""An in-memory dataset (classification, or regression with float targets) and atomic .npz writing."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ class ArrayDataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    num_classes: int
+    num_classes: int  # regression: the target's features per position (the model's outputs)
     # (stored training images, batch number) -> model inputs; None: the stored images are the inputs
     augment: Callable[[np.ndarray, int], np.ndarray] | None = None
+    task: str = "classification"  # or "regression": float targets, a loss on them, no accuracy
 
     @property
     def train_size(self) -> int:

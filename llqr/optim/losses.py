@@ -1,4 +1,5 @@
-"""Losses on log-probability outputs (models end in log_softmax).
+"""Losses on log-probability outputs (models end in log_softmax), and on float predictions
+(``regression_loss``: mse, huber).
 
 Outputs may have extra leading axes (translation: (batch, target length, vocab)); the mean is
 over every position whose label is not ``ignore_index`` (the padding id for translation).
@@ -43,3 +44,33 @@ def eval_sums(log_probs, labels, ignore_index: int | None = None):
     nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
     hits = (jnp.argmax(log_probs, axis=-1) == labels).astype(jnp.float32)
     return jnp.sum(nll * mask), jnp.sum(hits * mask), jnp.sum(mask)
+
+
+def _pointwise(name: str, diff):
+    """The loss of each prediction error: squared, or Huber's with delta 1 (PyTorch's HuberLoss
+    default: quadratic 0.5·d² inside |d| < 1, linear |d| - 0.5 outside)."""
+    if name == "mse":
+        return diff ** 2
+    if name == "huber":
+        a = jnp.abs(diff)
+        return jnp.where(a < 1.0, 0.5 * diff ** 2, a - 0.5)
+    raise ValueError(f"unknown regression loss {name!r}")
+
+
+def _per_example(name: str, preds, targets):
+    """Each example's mean over its target values (axes after the first)."""
+    values = _pointwise(name, preds.astype(jnp.float32) - targets.astype(jnp.float32))
+    return jnp.mean(values.reshape(values.shape[0], -1), axis=1)
+
+
+def regression_loss(name: str, preds, targets, weights=None):
+    """Mean ``name`` loss over every target value (as PyTorch's reduction='mean'); ``weights`` (one
+    per example) reweight the examples' terms."""
+    values = _per_example(name, preds, targets)
+    return jnp.mean(values if weights is None else values * weights)
+
+
+def regression_sums(name: str, preds, targets):
+    """(summed per-example loss, examples): exact means over a split whose last batch is smaller."""
+    values = _per_example(name, preds, targets)
+    return jnp.sum(values), jnp.asarray(values.shape[0], jnp.float32)

@@ -77,6 +77,8 @@ class Evaluate(_Timed):
         event.update(ev.evaluate(run.state, step, self.total))
         if self.probe is not None and self.probe.at_evaluation(step, self.loop_spe):
             event.update(self.probe.measure(run.state, step))
+        if run.agreement is not None:  # measure_kfac_agreement (llqr.train.agreement)
+            event.update(run.agreement.measure(run, step))
         best = run.best_so_far
         if ev.keeps_best and ev.metric in event and (best is None or event[ev.metric] > best["value"]):
             run.best_so_far = {"value": event[ev.metric], "step": step}
@@ -186,17 +188,18 @@ class LogTrain:
         run.timer.sync(step)
         loss = float(run.loss)
         last_x = jax.tree_util.tree_map(lambda a: a[-1], run.batch.xs)
-        acc = float(run.steps.train_accuracy(run.state.params, run.state.batch_stats, last_x, run.batch.ys[-1]))
+        acc = None if run.steps.train_accuracy is None else float(  # regression: no accuracy
+            run.steps.train_accuracy(run.state.params, run.state.batch_stats, last_x, run.batch.ys[-1]))
         if periodic(step, self.cfg.logging_freq, self.total):
             event = {"event": "train", "step": step, "elapsed_s": round(run.elapsed(), 3), "train_loss": loss,
-                     "train_accuracy": acc}
+                     **({} if acc is None else {"train_accuracy": acc})}
             if run.step_accuracy is not None:
                 event.update(run.step_accuracy.take())
             run.log.write(event)
         if step % self.report_every == 0:
             self._report(run, step, loss, acc)
 
-    def _report(self, run, step: int, loss: float, acc: float) -> None:
+    def _report(self, run, step: int, loss: float, acc: float | None) -> None:
         now = time.time()
         if self.rate_s is None:
             self.rate_s = run.start_step
@@ -204,7 +207,8 @@ class LogTrain:
         self.rate_t, self.rate_s = now, step
         ev = self.evaluator
         scored = [e for e in run.history if ev.metric in e]
-        last = f" {ev.label} {scored[-1][ev.metric]:.2f}" if scored else ""
+        last = f" {ev.label} {scored[-1][ev.metric]:{'.2f' if ev.mode == 'max' else '.4g'}}" if scored else ""
         eta = fmt_eta((self.total - 1 - step) / rate) if rate else "?"
-        run.say(f"step {step}/{self.total - 1} loss {loss:.4f} train_acc {acc:.1f}%{last}"
+        acc_note = "" if acc is None else f" train_acc {acc:.1f}%"
+        run.say(f"step {step}/{self.total - 1} loss {loss:.4f}{acc_note}{last}"
                 f" | {rate:.1f} steps/s | ETA {eta}")

@@ -45,11 +45,13 @@ from .actions import (
     RefreshFactors,
     StepAccuracy,
 )
+from .agreement import KfacAgreement
 from .batches import make_source
 from .checkpoint import Checkpointer, prefix_sha256, retire_attempt
-from .evaluators import ClassificationEval
+from .evaluators import ClassificationEval, RegressionEval
 from .fingerprint import attempt_key, dataset_files, fingerprint
 from .lock import cell_lock
+from .memory import step_memory
 from .noise import NOISE_KEYS, NoiseProbe, NoiseWeights, window_average
 from .outputs import CellPaths, best, summary, write_outputs
 from .parallel import Placement
@@ -171,6 +173,7 @@ class Loop:
     ckpt: Checkpointer | None = None
     best_ckpt: Checkpointer | None = None
     probe: Any = None
+    agreement: Any = None  # measure_kfac_agreement: llqr.train.agreement.KfacAgreement
     step_accuracy: StepAccuracy | None = None  # log_step_accuracy
     history: list = field(default_factory=list)
     noise_history: list = field(default_factory=list)  # 'noise' events (noise_stats_every)
@@ -246,7 +249,8 @@ def build_run(cfg: RunConfig, cell_id: str, data, paths: CellPaths, say) -> tupl
 
         evaluator = TranslationEval(model, data, cfg, steps.eval_sums)
     else:
-        evaluator = ClassificationEval(steps.eval_sums, data, cfg)
+        regression = getattr(data, "task", "classification") == "regression"
+        evaluator = (RegressionEval if regression else ClassificationEval)(steps.eval_sums, data, cfg)
     sam_from = cfg.start_sam_after_step or 0 if cfg.sam_mode is not None else None  # null or 0: from step 0
 
     def update(step, state, batch):
@@ -263,6 +267,7 @@ def build_run(cfg: RunConfig, cell_id: str, data, paths: CellPaths, say) -> tupl
     _restore(loop, paths, place)
     if cfg.noise_stats_from_epoch is not None and not translation:
         loop.probe = NoiseProbe(model, data, cfg)
+    loop.agreement = KfacAgreement.for_run(cfg, model, data.pad_id if translation else None)
     if evaluator.keeps_best and cfg.preempt_handling:
         loop.best_ckpt = Checkpointer(paths.work / "best", keep=1)
     actions = Actions(before=[Checkpoint(cfg)] if loop.ckpt is not None else [], refresh=[], after=[
@@ -305,7 +310,7 @@ def _restore(loop: Loop, paths: CellPaths, place: Placement) -> None:
     events = loop.log.events()
     loop.history = [e for e in events if e["event"] == "eval"]
     loop.noise_history = [e for e in events if e["event"] == "noise"]
-    loop.best_so_far = best(loop.history, loop.evaluator.metric)
+    loop.best_so_far = best(loop.history, loop.evaluator.metric, loop.evaluator.mode)
 
 
 def _announce(loop: Loop, place: Placement, data, sam_from) -> None:
@@ -321,9 +326,9 @@ def _announce(loop: Loop, place: Placement, data, sam_from) -> None:
 def finish_diverged(loop: Loop, step: int) -> dict:
     loop.log.write({"event": "diverged", "step": step, "elapsed_s": round(loop.elapsed(), 3)})
     loop.say(f"non-finite loss at step {step}: status diverged")
-    return summary(loop.cell_id, "diverged", None,
-                   best(loop.history, loop.evaluator.metric), step, loop.total_steps, loop.elapsed(),
-                   diverged_at=step, metric=loop.evaluator.metric)
+    ev = loop.evaluator
+    return summary(loop.cell_id, "diverged", None, best(loop.history, ev.metric, ev.mode), step, loop.total_steps,
+                   loop.elapsed(), diverged_at=step, metric=ev.metric, mode=ev.mode)
 
 
 def noise_window(loop: Loop, final: dict) -> dict:
@@ -355,18 +360,22 @@ def finish(loop: Loop) -> dict:
         for key in NOISE_KEYS:
             final.pop(key, None)
         final.update(window)
+    if loop.agreement is not None:
+        final.update(loop.agreement.final(loop, final_step))
     # cost columns of the optimizer studies (ours): state size, and speed of this (resumed) process
     final["opt_state_bytes"] = int(sum(x.nbytes for x in jax.tree_util.tree_leaves(loop.state.opt_state)
                                        if hasattr(x, "nbytes")))
     if loop.timer.ms_per_step is not None:
         final["ms_per_step"] = round(loop.timer.ms_per_step, 4)
+    final.update(step_memory(loop))  # peak_memory_bytes/_source, step_memory_bytes (llqr.train.memory)
     loop.log.write({"event": "final_eval", "step": final_step, "elapsed_s": round(loop.elapsed(), 3),
                     **loop.clock(final_step), **final})
     loop.save(final_step)
     result = summary(loop.cell_id, "ok", {"value": final[ev.metric], "step": final_step},
-                     best(history + [{"step": final_step, **final}], ev.metric), final_step, loop.total_steps,
-                     loop.elapsed(), metric=ev.metric)
+                     best(history + [{"step": final_step, **final}], ev.metric, ev.mode), final_step,
+                     loop.total_steps, loop.elapsed(), metric=ev.metric, mode=ev.mode)
     result["final_metrics"] = final
     extra = f", test BLEU {final['test_bleu']:.2f}" if "test_bleu" in final else ""
-    loop.say(f"done: {ev.metric} {final[ev.metric]:.2f} (best {result['best']['value']:.2f}){extra}")
+    fmt = ".2f" if ev.mode == "max" else ".4g"  # percent and BLEU, or a loss
+    loop.say(f"done: {ev.metric} {final[ev.metric]:{fmt}} (best {result['best']['value']:{fmt}}){extra}")
     return result

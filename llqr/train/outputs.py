@@ -41,12 +41,12 @@ def best(series: list[dict], key: str, mode: str = "max") -> dict | None:
 
 
 def summary(cell_id, status, final, best_point, steps, total_steps, wall, *, diverged_at=None, message=None,
-            metric="test_accuracy") -> dict:
+            metric="test_accuracy", mode="max") -> dict:
     return {
         "cell": cell_id,
         "status": status,
         "metric": metric,
-        "mode": "max",
+        "mode": mode,
         "final": final,
         "best": best_point,
         "steps": steps,

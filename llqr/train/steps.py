@@ -21,7 +21,13 @@ import optax
 from ..models import layer_of
 from ..optim import get_blocks, make_llqr_fit, precondition, refresh_kronecker, sam, scale_by_llqr
 from ..optim.capture import kronecker_factors
-from ..optim.losses import accuracy_percent, eval_sums as loss_sums, smoothed_cross_entropy
+from ..optim.losses import (
+    accuracy_percent,
+    eval_sums as loss_sums,
+    regression_loss,
+    regression_sums,
+    smoothed_cross_entropy,
+)
 from .batches import Batch
 from .optimizers import apply_updates, build_main_tx
 from .state import TrainState
@@ -35,6 +41,11 @@ class Forward(NamedTuple):
     pad: int | None  # translation: target positions with this label leave loss, accuracy and P fit
     low: Any  # jnp.bfloat16 under precision=bf16, else None
     hits: bool = False  # log_step_accuracy: the loss also returns (correct, counted) of its forward pass
+    loss_name: str = "cross_entropy"  # or a regression loss on float targets (mse, huber): cfg.loss
+
+    @property
+    def regression(self) -> bool:
+        return self.loss_name != "cross_entropy"
 
     def apply(self, params, batch_stats, x, **kw):
         """The model with bf16 inputs under precision=bf16 (float inputs only; token ids stay
@@ -54,6 +65,8 @@ class Forward(NamedTuple):
             batch_stats = mut["batch_stats"]
         else:
             out = self.apply(params, batch_stats, x, train=True, rngs={"dropout": key})
+        if self.regression:
+            return regression_loss(self.loss_name, out, y, weights=w), (batch_stats, None)
         hits = None
         if self.hits:
             _, correct, counted = loss_sums(jax.lax.stop_gradient(out), y, self.pad)
@@ -221,8 +234,12 @@ def kronecker_refresh(fwd: Forward, state: TrainState, batch: Batch):
 
 
 def eval_sums(fwd: Forward, params, batch_stats, x, y):
-    """(summed NLL, correct, counted positions) of the inference model on one batch."""
-    return loss_sums(fwd.apply(params, batch_stats, x, train=False), y, fwd.pad)
+    """(summed NLL, correct, counted positions) of the inference model on one batch; regression:
+    (summed per-example loss, examples)."""
+    out = fwd.apply(params, batch_stats, x, train=False)
+    if fwd.regression:
+        return regression_sums(fwd.loss_name, out, y)
+    return loss_sums(out, y, fwd.pad)
 
 
 def train_accuracy(fwd: Forward, params, batch_stats, x, y):
@@ -242,14 +259,14 @@ class Steps(NamedTuple):
     train: Callable  # (state, batch) -> (state, loss[, accuracy with log_step_accuracy]); donates the state
     sam: Callable | None  # (state, batch, rho) -> (state, loss[, accuracy])
     refresh_factors: Callable  # (state, batch) -> state: the Kronecker optimizers' refresh
-    eval_sums: Callable  # (params, batch_stats, x, y) -> (nll sum, correct, count)
-    train_accuracy: Callable  # (params, batch_stats, x, y) -> percent
+    eval_sums: Callable  # (params, batch_stats, x, y) -> (nll sum, correct, count); regression: (loss sum, count)
+    train_accuracy: Callable | None  # (params, batch_stats, x, y) -> percent; None for regression
     llqr_fit: Callable  # (blocks, params, batch_stats, x, y, precond_lr, ema) -> (blocks, cost0, cost1)
 
 
 def make_steps(model, tx, main_tx, cfg, pad: int | None = None) -> Steps:
     fwd = Forward(model, cfg.label_smoothing, pad, jnp.bfloat16 if cfg.precision == "bf16" else None,
-                  cfg.log_step_accuracy)
+                  cfg.log_step_accuracy, cfg.loss)
     rule = UpdateRule(tx, main_tx, cfg)
     bind = functools.partial
     return Steps(
@@ -257,6 +274,6 @@ def make_steps(model, tx, main_tx, cfg, pad: int | None = None) -> Steps:
         sam=jax.jit(bind(sam_step, fwd, rule), donate_argnums=0) if cfg.sam_mode is not None else None,
         refresh_factors=jax.jit(bind(kronecker_refresh, fwd), donate_argnums=0),
         eval_sums=jax.jit(bind(eval_sums, fwd)),
-        train_accuracy=jax.jit(bind(train_accuracy, fwd)),
+        train_accuracy=None if fwd.regression else jax.jit(bind(train_accuracy, fwd)),
         llqr_fit=make_llqr_fit(bind(fit_log_probs, fwd), cfg, ignore_index=pad, layer_of=layer_of(cfg.model)),
     )

@@ -35,7 +35,7 @@ class TranslationEval:
     interface of llqr.train.evaluators). The summary's metric is the final full valid BLEU; the
     best checkpoint follows full valid BLEU (strictly greater), as the reference's."""
 
-    metric, label, keeps_best = "valid_bleu", "valid_bleu", True
+    metric, label, keeps_best, mode = "valid_bleu", "valid_bleu", True, "max"
 
     def __init__(self, model, data, cfg, eval_sums):
         """``eval_sums(params, batch_stats, x, y)``: the runner's jitted (NLL, hits, count) with

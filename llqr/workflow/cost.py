@@ -34,6 +34,11 @@ def batches_per_epoch(config: dict) -> float:
         from ..data.modular import train_count
 
         size = train_count(config.get("modulus") or 97)
+    elif dataset == "oscillation":  # windows of the generated trajectories (llqr.data.oscillation)
+        from ..data import oscillation
+
+        size = oscillation.train_count(config.get("osc_variant") or "simple", config.get("osc_history") or 50,
+                                       config.get("osc_horizon") or 50)
     else:
         size = TRAIN_SIZES[dataset] * (config.get("train_fraction") or 1.0)
     return max(1.0, round(size) / config["batch_size"])
