@@ -150,9 +150,14 @@ def test_capture_reproduces_the_kernel_gradient(case):
         x = jnp.broadcast_to(x, shape[:-1] + (4,))
     y = jnp.asarray([0, 1, 2])
     model = _Wrap(layer)
-    variables = model.init(jax.random.PRNGKey(0), x)
-    _, cap = capture(model.apply, variables, x, y, _xent)
-    grads = jax.grad(lambda p: _xent(model.apply({"params": p}, x), y))(variables["params"])
+
+    @jax.jit
+    def run(key):
+        variables = model.init(key, x)
+        _, cap = capture(model.apply, variables, x, y, _xent)
+        return cap, jax.grad(lambda p: _xent(model.apply({"params": p}, x), y))(variables["params"])
+
+    cap, grads = run(jax.random.PRNGKey(0))
     a, g = cap[path + ("kernel",)]
     layer_grads = _leaf(grads, path)
     kernel = layer_grads["kernel"]
@@ -167,3 +172,4 @@ def test_capture_reproduces_the_kernel_gradient(case):
         assert want.shape == (2 * 25, 9)
         np.testing.assert_allclose(conv_patches(conv, z), want, rtol=1e-6)
         np.testing.assert_allclose(group_mean(z, 4)[..., 0], z.mean(-1), rtol=1e-6)
+
