@@ -267,7 +267,7 @@ def build_run(cfg: RunConfig, cell_id: str, data, paths: CellPaths, say) -> tupl
     _restore(loop, paths, place)
     if cfg.noise_stats_from_epoch is not None and not translation:
         loop.probe = NoiseProbe(model, data, cfg)
-    loop.agreement = KfacAgreement.for_run(cfg, model, data.pad_id if translation else None)
+    loop.agreement = KfacAgreement.for_run(cfg, model, getattr(data, "pad_id", None))
     if evaluator.keeps_best and cfg.preempt_handling:
         loop.best_ckpt = Checkpointer(paths.work / "best", keep=1)
     actions = Actions(before=[Checkpoint(cfg)] if loop.ckpt is not None else [], refresh=[], after=[
