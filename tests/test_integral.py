@@ -101,7 +101,7 @@ def test_prepare_writes_the_same_bytes_and_load_builds_the_model_inputs(tmp_path
     assert first.read_bytes() == second.read_bytes() and counts["train"] == 16 and counts["test"] == 4
     data = integral.load(first.parent)
     assert data.x_train.shape == (16, 2, 100) and data.y_train.shape == (16, 100) and data.x_test.shape == (4, 2, 100)
-    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.float32
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.float32 and data.task == "regression"
     assert np.array_equal(data.x_test[:, 1], np.broadcast_to(integral.rounded_linspace(100).astype(np.float32),
                                                              (4, 100)))
     with pytest.raises(integral.DataError, match="prepare_integral"):
@@ -195,3 +195,43 @@ def test_build_model_uses_the_study_sizes_unless_overridden():
     assert build_model(study) == DeepONet(hidden=1024, layers=6)
     assert build_model(SimpleNamespace(model="tfonet", operator_width=32, operator_depth=1)) == TFONet(d_model=32,
                                                                                                      layers=1)
+
+
+# --- the presets, through the runner ---------------------------------------------------------------
+
+
+def test_presets_and_refusals():
+    from llqr.config import ConfigError
+    from llqr.config.presets import resolve
+
+    for name, lr in (("deeponet-integral-hlr", 5e-3), ("tfonet-integral-hlr", 1e-3)):
+        cfg = resolve(name)
+        assert (cfg.dataset, cfg.loss, cfg.batch_size, cfg.total_epochs, cfg.learning_rate) == ("integral", "mse", 128,
+                                                                                                  200, lr)
+        assert (cfg.optimizer, cfg.weight_decay, cfg.lr_scheduler["eta_min"]) == ("adamw", 0.01, 1e-6)
+    with pytest.raises(ConfigError, match="dataset integral go together"):
+        resolve("deeponet-integral-hlr", {"model": "mlp"})
+    with pytest.raises(ConfigError, match="dataset integral go together"):
+        resolve("digits-mlp", {"model": "tfonet"})
+
+
+@pytest.mark.slow  # compiles two small models: ~10 s of CPU each
+@pytest.mark.parametrize("preset, sizes", [("deeponet-integral-hlr", ["operator_width=32", "operator_depth=3"]),
+                                           ("tfonet-integral-hlr", ["operator_width=16", "operator_depth=1"])])
+def test_tiny_preset_run_through_the_cli(tmp_path, preset, sizes):
+    import json
+
+    from llqr.workflow.train_cli import main
+
+    integral.prepare(paths.integral_file(paths.folder(tmp_path / "data", "integral")), samples=640)
+    args = ["preset=" + preset, *sizes, "max_steps=40", "test_eval_freq=20", "logging_freq=1", "preempt_handling=false",
+            "--results-dir", str(tmp_path / "results"), "--checkpoints-dir", str(tmp_path / "ckpt"),
+            "--data-root", str(tmp_path / "data")]
+    assert main(args) == 0
+    (summary_path,) = (tmp_path / "results").rglob("summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert (summary["status"], summary["metric"], summary["mode"]) == ("ok", "test_loss", "min")
+    events = [json.loads(line) for line in summary_path.with_name("metrics.jsonl").read_text().splitlines()]
+    train = [e["train_loss"] for e in events if e["event"] == "train"]
+    tests = [e["test_loss"] for e in events if e["event"] in ("eval", "final_eval")]
+    assert np.mean(train[-5:]) < np.mean(train[:5]) and tests[-1] < tests[0]

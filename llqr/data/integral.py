@@ -175,4 +175,4 @@ def load(directory: Path) -> ArrayDataset:
             raise DataError(f"{path}: {split} arrays have unexpected shapes {u.shape} / {g.shape}")
     return ArrayDataset(name="integral", path=str(path), x_train=inputs(arrays["u_train"], queries),
                         y_train=arrays["g_train"].astype(np.float32), x_test=inputs(arrays["u_test"], queries),
-                        y_test=arrays["g_test"].astype(np.float32), num_classes=len(queries))
+                        y_test=arrays["g_test"].astype(np.float32), num_classes=1, task="regression")
