@@ -2,8 +2,10 @@
 
 IKFAC (``singd.scale_by_singd(kfac_like=True)``) never inverts a matrix: each refresh moves K, C
 by K ← K(I − β1 m_K), m_K = ½(Kᵀ A K + λ KᵀK − I), whose fixed point is K Kᵀ = (A + λI)⁻¹ (and
-C Cᵀ = (G + λI)⁻¹). The SINGD paper (Lin et al. 2024, §3, the IKFAC theorem) shows the step is,
-to first order in β1, KFAC's moving average S_K ← (1 − β1) S_K + β1 (A + λI) with K Kᵀ = S_K⁻¹:
+C Cᵀ = (G + λI)⁻¹). The SINGD paper (Lin et al. 2024, §3, the IKFAC theorem; its text [not
+retrieved] here: the statement is the paper's as we know it, the fixed point is what our SINGD tests
+check) makes the step, to first order in β1, KFAC's moving average S_K ← (1 − β1) S_K + β1 (A + λI)
+with K Kᵀ = S_K⁻¹:
 the damping λ is added to each factor whole (not √λ per factor, no π split), and β1 plays the
 moving-average weight. So the KFAC that IKFAC approximates preconditions a layer's gradient X as
 
