@@ -14,6 +14,7 @@ from llqr.data import DataError, load_dataset, paths
 
 # the rule that writes each prepared file (rules/data.smk, rules/iwslt.smk)
 RULES = {"digits": ["prepare_digits"], "mod_sum": ["prepare_modular"], "integral": ["prepare_integral"],
+         "oscillation": ["prepare_oscillation"],
          "mnist": ["fetch_raw"],
          "cifar10": ["fetch_raw"], "cifar100": ["fetch_raw"], "svhn": ["fetch_svhn"] * 2, "imagenet": ["pack_imagenet"],
          "imagenet100": ["pack_imagenet100"], "cora": ["fetch_cora"] * 8, "imagewoof": ["decode_imagewoof"],
