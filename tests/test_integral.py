@@ -159,12 +159,13 @@ def test_the_study_sizes_counts():
 
 def test_deeponet_is_branch_times_trunk_per_query_point():
     model = DeepONet(hidden=16, layers=3, basis=8)
-    x = jax.random.uniform(jax.random.PRNGKey(1), (3, 2, 10))
-    params = model.init(jax.random.PRNGKey(0), x)
-    out = model.apply(params, x)
-    assert out.shape == (3, 10) and out.dtype == jnp.float32
+    x = jnp.asarray(np.random.default_rng(1).uniform(size=(3, 2, 10)), jnp.float32)
     moved = x.at[:, 1, 4].set(0.77)  # one query point moved: only its output changes
-    changed = np.abs(np.asarray(model.apply(params, moved) - out)) > 0
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    both = jax.jit(model.apply)(params, jnp.concatenate([x, moved]))  # one compile (op by op is slow)
+    out = both[:3]
+    assert both.shape == (6, 10) and both.dtype == jnp.float32
+    changed = np.abs(np.asarray(both[3:] - out)) > 0
     assert changed[:, 4].all() and not np.delete(changed, 4, axis=1).any()
     p = params["params"]
     assert p["bias"].shape == (1,) and set(p["branch"]) == {"linear_0", "linear_1", "linear_2"}
@@ -174,14 +175,14 @@ def test_deeponet_is_branch_times_trunk_per_query_point():
 
 def test_tfonet_layers_start_identical_and_positions_are_the_sinusoid_table():
     model = TFONet(d_model=16, ff=32, layers=2)
-    x = jax.random.uniform(jax.random.PRNGKey(1), (3, 2, 10))
-    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    x = jnp.asarray(np.random.default_rng(1).uniform(size=(3, 2, 10)), jnp.float32)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
     for stack in ("encoder", "decoder"):  # nn.TransformerEncoder/Decoder deep-copy one layer
         for leaf in jax.tree_util.tree_leaves(params[stack]):
             assert leaf.shape[0] == 2 and np.array_equal(leaf[0], leaf[1])
     q = params["decoder"]["cross_attn"]["attn"]["query"]
     assert np.abs(q["kernel"]).max() <= math.sqrt(6 / (4 * 16)) and not np.any(q["bias"])
-    assert model.apply({"params": params}, x).shape == (3, 10)
+    assert jax.eval_shape(model.apply, {"params": params}, x).shape == (3, 10)
     table = positional_encoding(100, 16)
     assert np.allclose(table[1, :4], [math.sin(1), math.cos(1), math.sin(10000 ** (-2 / 16)),
                                       math.cos(10000 ** (-2 / 16))])
@@ -215,7 +216,7 @@ def test_presets_and_refusals():
         resolve("digits-mlp", {"model": "tfonet"})
 
 
-@pytest.mark.slow  # compiles two small models: ~10 s of CPU each
+@pytest.mark.slow  # two small models, 40 steps each: ~10-30 s each on a busy CPU
 @pytest.mark.parametrize("preset, sizes", [("deeponet-integral-hlr", ["operator_width=32", "operator_depth=3"]),
                                            ("tfonet-integral-hlr", ["operator_width=16", "operator_depth=1"])])
 def test_tiny_preset_run_through_the_cli(tmp_path, preset, sizes):
@@ -224,7 +225,8 @@ def test_tiny_preset_run_through_the_cli(tmp_path, preset, sizes):
     from llqr.workflow.train_cli import main
 
     integral.prepare(paths.integral_file(paths.folder(tmp_path / "data", "integral")), samples=640)
-    args = ["preset=" + preset, *sizes, "max_steps=40", "test_eval_freq=20", "logging_freq=1", "preempt_handling=false",
+    args = ["preset=" + preset, *sizes, "batch_size=32", "max_steps=40", "test_eval_freq=20", "logging_freq=1",
+            "preempt_handling=false",
             "--results-dir", str(tmp_path / "results"), "--checkpoints-dir", str(tmp_path / "ckpt"),
             "--data-root", str(tmp_path / "data")]
     assert main(args) == 0
