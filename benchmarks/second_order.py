@@ -1,4 +1,5 @@
-"""Second-order optimizers' cost, measured side by side in one run: step time and optimizer-state memory.
+"""Second-order optimizers' cost, measured side by side in one run: step time, optimizer-state memory
+and the step's peak device memory.
 
 Variants, all on the same model, batch and synthetic data: SGD (heavy-ball, ``optimizer=polyak``,
 momentum 0.9: the baseline of the ratios, and LLQR's main optimizer), AdamW, KFAC, IKFAC, SINGD
@@ -16,6 +17,10 @@ own jitted functions (``llqr.train.steps.make_steps``) with the runner's optimiz
 
 Every variant's plain step (no periodic work) is timed too. ``state bytes`` is the sum of ``nbytes``
 over the leaves of ``opt_state`` (as the runner's ``opt_state_bytes``), i.e. without the params.
+``peak bytes`` is XLA's peak of live buffers in the compiled step (``llqr.train.memory``, the
+runner's ``step_memory_bytes``: params, state, batch, activations and temporaries), the larger of
+the plain step and the Kronecker factor step; it is per variant on every backend. The allocator's
+``peak_bytes_in_use`` (GPU) covers the whole process, i.e. all variants, and is reported once.
 
 Measurements are interleaved: each round times K consecutive steps of every variant in turn
 (dispatched back to back, one sync at the end) and the figure is the median over rounds of the
@@ -23,11 +28,13 @@ per-step time, so drift (clock boost, other load) hits every variant alike.
 
 Models: ``--model mlp`` the reference MLP 784-100-300-10 (default), ``--model cnn`` the 2-conv net of
 ``benchmarks/llqr_overhead.py`` (on a 2-core CPU its step takes ~0.5 s and its LLQR fit ~20 s: use
-``--rounds 3 --steps 10`` there). ``--precision bf16`` runs every variant with bfloat16 params and
-inputs (the runner's ``precision=bf16``). The default run (MLP, fp32) takes about 2 minutes on 2 CPU
-cores, half of it compilation.
+``--rounds 3 --steps 10`` there), ``--model vit`` a small transformer (our ViT: patch 4, width 64,
+2 blocks of 2 heads, MLP 128, no dropout; 49 tokens). A comma list (``--model cnn,vit``) measures
+each in turn and ends with a side-by-side table of the memory ratios. ``--precision bf16`` runs
+every variant with bfloat16 params and inputs (the runner's ``precision=bf16``). The default run
+(MLP, fp32) takes about 2 minutes on 2 CPU cores, half of it compilation.
 
-    python benchmarks/second_order.py [--model mlp|cnn] [--precision fp32|bf16] [--rounds 15]
+    python benchmarks/second_order.py [--model mlp|cnn|vit[,...]] [--precision fp32|bf16] [--rounds 15]
         [--steps 20] [--factor-every 10] [--precond-every 1000] [--json PATH]
 """
 
@@ -50,14 +57,18 @@ from benchmarks.llqr_overhead import SmallCNN
 from llqr.config import build_config
 from llqr.config.fields import KRONECKER_OPTIMIZERS
 from llqr.models.mlp import MLP
+from llqr.models.vit import ViT
 from llqr.optim import get_blocks, set_blocks
 from llqr.train.batches import Batch
+from llqr.train.memory import device_peak_bytes, jitted_bytes
 from llqr.train.state import TrainState
 from llqr.train.steps import build_update_chain, make_steps
 
 MODELS = {
     "mlp": ("MLP 784-100-300-10", lambda: MLP(hidden=(100, 300), num_classes=10)),
     "cnn": ("CNN conv16-pool-conv32-pool-dense10", SmallCNN),
+    "vit": ("ViT p4 d64 2x(2 heads, MLP 128)", lambda: ViT(num_classes=10, patch=4, dim=64, depth=2, heads=2,
+                                                         mlp_dim=128, dropout_rate=0.0, attention_dropout_rate=0.0)),
 }
 
 # name -> config values on top of the common ones (lr, momentum, T, every, precision)
@@ -116,6 +127,14 @@ class Variant:
         self.state, self.loss, self.count = state, loss, self.count + k
         return dt
 
+    def peak_bytes(self) -> int | None:
+        """XLA's peak of the compiled step, and of the factor step for the Kronecker optimizers."""
+        peaks = [jitted_bytes(self.steps.train, self.state, self.batch)]
+        if self.kronecker:
+            peaks.append(jitted_bytes(self.steps.refresh_factors, self.state, self.batch))
+        peaks = [p for p in peaks if p is not None]
+        return max(peaks) if peaks else None
+
     def fit(self) -> float:
         """Seconds of one LLQR fit, its blocks written into the state as the runner does."""
         s = self.state
@@ -130,7 +149,7 @@ class Variant:
 
 
 def measure(model_name: str, precision: str, rounds: int, steps: int, factor_every: int, precond_every: int,
-            fit_rounds: int, batch: int, seed: int = 0) -> list[dict]:
+            fit_rounds: int, batch: int, seed: int = 0, variants=None) -> list[dict]:
     if steps % factor_every:
         raise SystemExit(f"--steps {steps} must be a multiple of --factor-every {factor_every}")
     model = MODELS[model_name][1]()
@@ -141,6 +160,8 @@ def measure(model_name: str, precision: str, rounds: int, steps: int, factor_eve
               "update_preconditioner_every": precond_every, "precision": precision}
     runs = []
     for name, values in VARIANTS.items():
+        if variants is not None and name not in variants:
+            continue
         v = Variant(name, {**common, **values}, model, xs, ys, key)
         v.run_steps(factor_every, periodic=True)  # compile and warm up both steps (a factor step first)
         v.run_steps(factor_every, periodic=True)
@@ -160,7 +181,7 @@ def measure(model_name: str, precision: str, rounds: int, steps: int, factor_eve
         row = {"variant": v.name, "optimizer": v.cfg.optimizer, "step_ms": 1e3 * t_step,
                "step_spread_ms": 1e3 * (max(v.times["step"]) - min(v.times["step"])),
                "periodic": None, "periodic_every": None, "periodic_ms": None,
-               "state_bytes": _tree_bytes(v.state.opt_state),
+               "state_bytes": _tree_bytes(v.state.opt_state), "peak_bytes": v.peak_bytes(),
                "param_bytes": _tree_bytes(v.state.params),
                "final_loss": float(v.loss), "finite": bool(np.isfinite(float(v.loss)))}
         if v.kronecker:
@@ -183,49 +204,90 @@ def measure(model_name: str, precision: str, rounds: int, steps: int, factor_eve
         r["ms_ratio_vs_sgd"] = r["amortized_ms"] / base["amortized_ms"]
         r["step_ratio_vs_sgd"] = r["step_ms"] / base["step_ms"]
         r["bytes_ratio_vs_sgd"] = r["state_bytes"] / base["state_bytes"]
+        known = r["peak_bytes"] and base["peak_bytes"]
+        r["peak_ratio_vs_sgd"] = r["peak_bytes"] / base["peak_bytes"] if known else None
     return rows
+
+
+def _ratio(value) -> str:
+    return f"{value:6.2f}" if value is not None else f"{'-':>6}"
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"| {'variant':11} | {'ms/step':>8} | {'× SGD':>6} | {'state bytes':>11} | {'× SGD':>6} | "
+          f"{'peak bytes':>11} | {'× SGD':>6} | {'plain ms':>8} | {'periodic ms':>11} | {'finite':6} |")
+    print("|" + "|".join("-" * w for w in (13, 10, 8, 13, 8, 13, 8, 10, 13, 8)) + "|")
+    for r in rows:
+        periodic = f"{r['periodic_ms']:11.1f}" if r["periodic_ms"] is not None else f"{'-':>11}"
+        peak = f"{r['peak_bytes']:11d}" if r["peak_bytes"] is not None else f"{'-':>11}"
+        print(f"| {r['variant']:11} | {r['amortized_ms']:8.3f} | {r['ms_ratio_vs_sgd']:6.2f} | "
+              f"{r['state_bytes']:11d} | {r['bytes_ratio_vs_sgd']:6.2f} | {peak} | {_ratio(r['peak_ratio_vs_sgd'])} | "
+              f"{r['step_ms']:8.3f} | {periodic} | {str(r['finite']):6} |")
+
+
+def print_side_by_side(runs: list[dict]) -> None:
+    """Memory ratios to SGD of every variant, one column pair (state, peak) per model."""
+    head = " | ".join(f"{r['model'] + ' state':>10} | {r['model'] + ' peak':>10}" for r in runs)
+    print(f"| {'variant':11} | {head} |")
+    print(f"|{'-' * 13}|" + "|".join(f"{'-' * 12}|{'-' * 12}" for _ in runs) + "|")
+    for i, row in enumerate(runs[0]["rows"]):
+        cells = " | ".join(f"{r['rows'][i]['bytes_ratio_vs_sgd']:10.2f} | "
+                           f"{_ratio(r['rows'][i]['peak_ratio_vs_sgd']):>10}" for r in runs)
+        print(f"| {row['variant']:11} | {cells} |")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
+    parser.add_argument("--model", default="mlp", help=f"one of {', '.join(sorted(MODELS))}, or a comma list")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=20, help="K: steps per variant per round (a multiple of T)")
     parser.add_argument("--factor-every", type=int, default=10, help="T: Kronecker factor step every T steps")
     parser.add_argument("--precond-every", type=int, default=1000, help="LLQR fit every this many steps")
     parser.add_argument("--fit-rounds", type=int, default=None,
-                        help="rounds that also time one LLQR fit (default 5 for mlp, 1 for cnn)")
+                        help="rounds that also time one LLQR fit (default 5 for mlp, 1 for the others)")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--variants", help=f"a comma list of {', '.join(VARIANTS)} (default: all; sgd is always in)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    fit_rounds = args.fit_rounds if args.fit_rounds is not None else (5 if args.model == "mlp" else 1)
-    t0 = time.perf_counter()
-    rows = measure(args.model, args.precision, args.rounds, args.steps, args.factor_every, args.precond_every,
-                   min(fit_rounds, args.rounds), args.batch)
-    wall = time.perf_counter() - t0
+    models = args.model.split(",")
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown --model {', '.join(unknown)} (choose from {', '.join(sorted(MODELS))})")
+    variants = None if args.variants is None else {"sgd", *args.variants.split(",")}
+    if variants is not None and variants - set(VARIANTS):
+        parser.error(f"unknown --variants {', '.join(sorted(variants - set(VARIANTS)))}")
     device = jax.devices()[0].device_kind
-    print(f"{MODELS[args.model][0]}, batch {args.batch}, {args.precision}, backend {jax.default_backend()} ({device}); "
-          f"median of {args.rounds} interleaved rounds x {args.steps} steps; factor step every {args.factor_every}, "
-          f"LLQR fit every {args.precond_every}; SGD = polyak (momentum 0.9); {wall:.0f} s")
-    print("ms/step: amortised over the periodic work; plain ms: a step without it; periodic ms: one factor step's "
-          "extra time (Kronecker) or one fit (LLQR)")
-    print(f"| {'variant':11} | {'ms/step':>8} | {'× SGD':>6} | {'state bytes':>11} | {'× SGD':>6} | "
-          f"{'plain ms':>8} | {'periodic ms':>11} | {'finite':6} |")
-    print(f"|{'-' * 13}|{'-' * 10}|{'-' * 8}|{'-' * 13}|{'-' * 8}|{'-' * 10}|{'-' * 13}|{'-' * 8}|")
-    for r in rows:
-        periodic = f"{r['periodic_ms']:11.1f}" if r["periodic_ms"] is not None else f"{'-':>11}"
-        print(f"| {r['variant']:11} | {r['amortized_ms']:8.3f} | {r['ms_ratio_vs_sgd']:6.2f} | "
-              f"{r['state_bytes']:11d} | {r['bytes_ratio_vs_sgd']:6.2f} | {r['step_ms']:8.3f} | {periodic} | "
-              f"{str(r['finite']):6} |")
+    runs = []
+    for name in models:
+        fit_rounds = args.fit_rounds if args.fit_rounds is not None else (5 if name == "mlp" else 1)
+        t0 = time.perf_counter()
+        rows = measure(name, args.precision, args.rounds, args.steps, args.factor_every, args.precond_every,
+                       min(fit_rounds, args.rounds), args.batch, variants=variants)
+        wall = time.perf_counter() - t0
+        print(f"{MODELS[name][0]}, batch {args.batch}, {args.precision}, backend {jax.default_backend()} ({device}); "
+              f"median of {args.rounds} interleaved rounds x {args.steps} steps; factor step every "
+              f"{args.factor_every}, LLQR fit every {args.precond_every}; SGD = polyak (momentum 0.9); {wall:.0f} s")
+        print("ms/step: amortised over the periodic work; plain ms: a step without it; periodic ms: one factor "
+              "step's extra time (Kronecker) or one fit (LLQR); peak bytes: XLA's compiled peak of the step "
+              "(max with the factor step)")
+        print_table(rows)
+        print()
+        runs.append({"rows": rows, "model": name, "model_desc": MODELS[name][0],
+                     "fit_rounds": min(fit_rounds, args.rounds), "wall_s": wall})
+    if len(runs) > 1:
+        print("memory × SGD side by side (state: optimizer state; peak: compiled step peak)")
+        print_side_by_side(runs)
+    device_peak = device_peak_bytes()
+    if device_peak is not None:
+        print(f"device peak_bytes_in_use over the whole run (every model and variant): {device_peak}")
     if args.json:
         args.json.write_text(json.dumps({
-            "rows": rows, "model": args.model, "model_desc": MODELS[args.model][0], "precision": args.precision,
-            "batch": args.batch, "rounds": args.rounds, "steps": args.steps, "factor_every": args.factor_every,
-            "precond_every": args.precond_every, "fit_rounds": min(fit_rounds, args.rounds), "baseline": "polyak",
-            "backend": jax.default_backend(), "device": device, "wall_s": wall}, indent=2))
+            "runs": runs, "precision": args.precision, "batch": args.batch, "rounds": args.rounds,
+            "steps": args.steps, "factor_every": args.factor_every, "precond_every": args.precond_every,
+            "baseline": "polyak", "backend": jax.default_backend(), "device": device,
+            "device_peak_bytes": device_peak}, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
