@@ -21,13 +21,18 @@ PAPER_COUNTS = {
 }
 
 
-# The companion studies (target "studies"): SINGD 9 optimizers x 2 precisions (memory/speed surfaces reuse
-# seed 42's cells); SVAG: l in 1..32 per network, the linear scaling rule at B = 2..2048 on three networks
-# each (lsr_noise reads lsr's cells), SGD vs noisy GD pairs.
+# The companion studies (target "studies"). SINGD: 11 optimizers x 2 precisions per model and dataset
+# (memory/speed reuse seed 42's CIFAR-100 cells; the GCN fp32 only). SVAG: l in 1..32 per network, the
+# linear scaling rule at B = 2..2048 on three networks each (lsr_noise reads lsr's cells), SGD vs noisy GD.
 SVAG_L, LSR_B = 6, 11
-HLR_MODELS = ("cnn", "resnet18", "resnet34", "resnet50", "vit")
+HLR_MODELS = ("cnn", "resnet18", "resnet34", "resnet50", "vit")  # CIFAR-10
+HLR_TASKS = ("osc_lstm", "integral_deeponet", "integral_tfonet")  # oscillation, integral-operator learning
 HLR_CELLS = {"compare": 28 * 5, "budget": 2 * 13 * 4 * 5, "curves": 2 * 13 * 4 * 5, "slcd": 2 * 13 * 4 * 5}
-STUDY_COUNTS = {"singd": 9 * 2 * 3, "singd_memory": 18, "singd_speed": 18,
+SINGD_OPT = 11  # SGD, AdamW, KFAC, IKFAC, INGD, SINGD x 6 structures
+STUDY_COUNTS = {"singd_cifar100": 3 * SINGD_OPT * 2 * 3, "singd_imagewoof": 2 * SINGD_OPT * 2,
+                "singd_cora": SINGD_OPT * 3, "singd_imagenet100": SINGD_OPT * 2, "singd_memory": 3 * SINGD_OPT * 2,
+                "singd_speed": 3 * SINGD_OPT * 2,
+                "singd_kfac_ikfac": 3 * 2,
                 "svag_convergence_b64": SVAG_L, "svag_convergence_b1024": SVAG_L, "svag_baselines": 3 * SVAG_L,
                 "svag_architectures": 3 * SVAG_L, "svag_unnormalized": SVAG_L, "svag_triangle": 2 * SVAG_L,
                 "svag_cosine": 2 * SVAG_L, "lsr": 3 * LSR_B, "lsr_further": 3 * LSR_B, "lsr_noise": 3 * LSR_B,
@@ -35,6 +40,8 @@ STUDY_COUNTS = {"singd": 9 * 2 * 3, "singd_memory": 18, "singd_speed": 18,
                 # HyperbolicLR, per CIFAR-10 model: Compare 28 runs x 5 seeds; Optimize-Compare 2 optimizers x
                 # 13 schedules x 4 budgets x 5 seeds (budget, curves and slcd read the same runs); LR-free 3 x 4 x 5
                 **{f"hlr_cifar10_{m}_{kind}": HLR_CELLS[kind] for m in HLR_MODELS for kind in HLR_CELLS},
+                **{f"hlr_{t}_{kind}": HLR_CELLS[kind] for t in HLR_TASKS for kind in HLR_CELLS},
+                "hlr_schedules": 0, "hlr_bars": len(HLR_MODELS) * HLR_CELLS["budget"],
                 "lr_free": len(HLR_MODELS) * 3 * 4 * 5}
 # svag_baselines' B = 1024 cells are svag_convergence_b1024's
 SVAG_UNIQUE = 2 * SVAG_L + 2 * SVAG_L + 3 * SVAG_L + SVAG_L + 4 * SVAG_L + 2 * 3 * LSR_B + 3 * 2
@@ -58,8 +65,10 @@ def test_study_cell_counts_and_shared_cells(paper):
     # memory/speed read the singd cells; budget, curves and slcd share their runs; lr_free's AdamW + H cells
     # are the budget surface's (same config, same tuning study) and its untuned D-Adapt at 50 epochs the
     # Compare surface's
-    hlr = len(HLR_MODELS) * (HLR_CELLS["compare"] + HLR_CELLS["budget"]) + len(HLR_MODELS) * (3 * 4 * 5 - 4 * 5 - 5)
-    assert len(studies) == 54 + SVAG_UNIQUE + hlr
+    runs = len(HLR_MODELS) + len(HLR_TASKS)  # hlr_bars reads the CIFAR-10 budget runs
+    hlr = runs * (HLR_CELLS["compare"] + HLR_CELLS["budget"]) + len(HLR_MODELS) * (3 * 4 * 5 - 4 * 5 - 5)
+    singd = 3 * SINGD_OPT * 2 * 3 + 2 * SINGD_OPT * 2 + SINGD_OPT * 3 + SINGD_OPT * 2 + 3 * 2
+    assert len(studies) == singd + SVAG_UNIQUE + hlr
     for m in HLR_MODELS:
         budget = set(paper.surfaces[f"hlr_cifar10_{m}_budget"].cell_ids)
         assert budget == set(paper.surfaces[f"hlr_cifar10_{m}_slcd"].cell_ids) == set(
@@ -70,7 +79,7 @@ def test_study_cell_counts_and_shared_cells(paper):
         for opt in ("adam", "adamw"):  # Compare mode: N is a constant lr/10
             assert lrs[f"{opt}-N"] == pytest.approx(lrs[f"{opt}-C"] / 10)
     tuned = [s for s in paper.studies.values() if s.preset.endswith("-hlr")]  # the demo's are digits studies
-    assert len(tuned) == len(HLR_MODELS) * (2 * 13 + 1)  # + Prodigy's d_coef
+    assert len(tuned) == runs * 2 * 13 + len(HLR_MODELS)  # + Prodigy's d_coef on the CIFAR-10 models
     assert all(s.trials == 25 and s.config["total_epochs"] == 50 for s in tuned)
     assert set(paper.surfaces["lsr_noise"].cell_ids) == set(paper.surfaces["lsr"].cell_ids)
     assert set(paper.surfaces["svag_convergence_b1024"].cell_ids) < set(paper.surfaces["svag_baselines"].cell_ids)

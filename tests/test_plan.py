@@ -26,7 +26,7 @@ def test_every_surface_of_the_targets_is_priced(paper_plan):
     wanted = [n for n, s in config["surfaces"].items() if s and s.get("group") in ("paper", *STUDY_GROUPS)]
     assert [s["surface"] for s in result["surfaces"]] == wanted
     assert all(s["unpriced"] == 0 and s["gpu_hours"] > 0 for s in result["surfaces"])
-    assert result["total"]["unpriced"] == 0 and len(result["studies"]) == 135
+    assert result["total"]["unpriced"] == 0 and len(result["studies"]) == 213
 
 
 def test_totals_are_the_sums_of_the_rows(paper_plan):
@@ -69,7 +69,7 @@ def test_the_cli_previews_the_paper_matrix_without_any_data(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "llqr_sam_imagenet (paper):" in proc.stdout and "hlr_cifar10_vit_slcd (hlr_study):" in proc.stdout
-    assert "TOTAL paper, studies: 3956 cells + 135 tuning studies" in proc.stdout
+    assert "TOTAL paper, studies: 6185 cells + 213 tuning studies" in proc.stdout
     assert "resnet50-imagenet/llqr=off/seed42" in proc.stdout
     data = json.loads((tmp_path / "plan.json").read_text())
     assert math.isfinite(data["total"]["gpu_hours"]) and not (tmp_path / "data").exists()
