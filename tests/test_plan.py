@@ -25,7 +25,10 @@ def test_every_surface_of_the_targets_is_priced(paper_plan):
     config, result = paper_plan
     wanted = [n for n, s in config["surfaces"].items() if s and s.get("group") in ("paper", *STUDY_GROUPS)]
     assert [s["surface"] for s in result["surfaces"]] == wanted
-    assert all(s["unpriced"] == 0 and s["gpu_hours"] > 0 for s in result["surfaces"])
+    assert all(s["unpriced"] == 0 and s["gpu_hours"] > 0 for s in result["surfaces"] if s["cells"])
+    # only the schedule-only surfaces have no cells to price
+    assert {s["surface"] for s in result["surfaces"] if not s["cells"]} == {
+        n for n in wanted if config["surfaces"][n].get("kind") == "schedules"} == {"hlr_schedules"}
     assert result["total"]["unpriced"] == 0 and len(result["studies"]) == 213
 
 
