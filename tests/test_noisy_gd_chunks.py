@@ -167,7 +167,9 @@ def test_step_accuracy_is_the_interval_mean_of_each_steps_own_batch_accuracy(tmp
     train = [e for e in events if e["event"] == "train"]
     assert [e["step_accuracy_steps"] for e in train] == [6, 5]  # steps 0-5 and 6-10 (logging_freq 5)
     # the key adds fields and changes nothing else
-    strip = lambda es: [{k: v for k, v in e.items() if k not in ("elapsed_s", "ms_per_step")  # noqa: E731
+    # the step that also counts its hits is another program: its compiled memory differs by a few bytes
+    strip = lambda es: [{k: v for k, v in e.items()  # noqa: E731
+                         if k not in ("elapsed_s", "ms_per_step", "peak_memory_bytes", "step_memory_bytes")
                          and not k.startswith("step_accuracy")} for e in es]
     assert strip(events) == strip(plain)
 
