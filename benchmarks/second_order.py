@@ -55,7 +55,7 @@ import numpy as np
 
 from benchmarks.llqr_overhead import SmallCNN
 from llqr.config import build_config
-from llqr.config.fields import KRONECKER_OPTIMIZERS
+from llqr.config.families import KRONECKER_OPTIMIZERS
 from llqr.models.mlp import MLP
 from llqr.models.vit import ViT
 from llqr.optim import get_blocks, set_blocks

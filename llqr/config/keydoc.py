@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import textwrap
 
-from .fields import FIELDS, Not, field_default
+from .fields import FIELDS
+from .keyspec import Not, field_default
 
 COMMAND = "python -m llqr.train --list-keys --markdown > docs/configuration.md"
 

@@ -26,7 +26,7 @@ import jax
 import optax
 
 from ..config import RunConfig
-from ..config.fields import KRONECKER_OPTIMIZERS
+from ..config.families import KRONECKER_OPTIMIZERS
 from ..config.hashing import config_hash, identity_config
 from ..config.validate import check_runnable
 from ..data import DataError, dataset_dir, load_dataset

@@ -25,7 +25,7 @@ def check_job(cfg, devices: int | None = None) -> None:
 
 def _train_size(get) -> int | None:
     """Training examples the run sees (after train_fraction), where known without the data."""
-    from ..config.fields import MODULAR_DATASETS
+    from ..config.families import MODULAR_DATASETS
 
     if get("dataset") in MODULAR_DATASETS:
         from ..data.modular import train_count
