@@ -173,6 +173,7 @@ def test_deeponet_is_branch_times_trunk_per_query_point():
     assert np.abs(p["trunk"]["linear_1"]["kernel"]).max() <= bound and np.abs(p["trunk"]["linear_1"]["bias"]).max() > 0
 
 
+@pytest.mark.slow  # 9 s of compiles; TFONet's parameter count and shapes stay in the default run
 def test_tfonet_layers_start_identical_and_positions_are_the_sinusoid_table():
     model = TFONet(d_model=16, ff=32, layers=2)
     x = jnp.asarray(np.random.default_rng(1).uniform(size=(3, 2, 10)), jnp.float32)

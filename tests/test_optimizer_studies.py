@@ -115,10 +115,25 @@ SVAG_DEMOS = ["demo_svag", "demo_svag_convergence_b64", "demo_svag_convergence_b
               "demo_noisy_gd_small_batch"]
 
 
+# One surface of each kind and metric the study surfaces use (grid on effective steps, sweep on one and
+# on three metrics, step accuracy, peak memory); every SVAG-study demo surface in the slow test below.
+STUDY_KINDS = ["demo_singd_memory", "demo_svag_convergence_b64", "demo_lsr", "demo_lsr_noise", "demo_noisy_gd"]
+
+
 @pytest.mark.workflow
 def test_study_surfaces_render_from_a_shrunken_run(tmp_path):
-    """The demo's study surfaces, shrunk (one preset, fewer variants, a few steps), through Snakemake:
-    SINGD's memory table and every SVAG-study family (grid, sweep and step-accuracy surfaces)."""
+    """The demo's study surfaces of every kind, shrunk (one preset, fewer variants, a few steps),
+    through Snakemake."""
+    _render_shrunken(tmp_path, STUDY_KINDS)
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_every_svag_study_surface_renders_from_a_shrunken_run(tmp_path):
+    _render_shrunken(tmp_path, ["demo_singd_memory", *SVAG_DEMOS])
+
+
+def _render_shrunken(tmp_path, study):
     import copy
     import csv
 
@@ -129,7 +144,6 @@ def test_study_surfaces_render_from_a_shrunken_run(tmp_path):
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["surfaces"]
     keep = {"optimizer": ["singd-diagonal"], "batch": ["32", "512"], "l": ["2"], "precision": ["fp32"]}
     shrink = {"max_steps": 6, "test_eval_freq": 3, "logging_freq": 3, "report_freq": 100, "mlp_hidden": [16]}
-    study = ["demo_singd_memory", *SVAG_DEMOS]
     surfaces = {name: None for name in base}
     for name in study:
         spec = copy.deepcopy(base[name])
