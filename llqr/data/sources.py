@@ -17,17 +17,22 @@ SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"  # the dataset's home, wher
 SVHN_MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a315427106f1b164d9cef3"}
 
 
+def _file_source(name: str, base_url: str, digest: dict, override: dict | None) -> dict:
+    """A fetch source for file ``name`` of a dataset published as separate files under ``base_url``:
+    config ``data_sources.<dataset>`` may give another base address (url) or a folder holding the
+    files (local)."""
+    override = override or {}
+    local = override.get("local")
+    return {"url": (override.get("url") or base_url).rstrip("/") + "/" + name, **digest,
+            "local": str(Path(local) / name) if local else None}
+
+
 def svhn_source(split: str, override: dict | None = None) -> dict:
     """What rule fetch_svhn hands llqr.data.fetch.fetch for SVHN's ``split`` file: url, md5 and
     local copy, the official ones unless ``override`` (config ``data_sources.svhn``) moves them."""
     if split not in SVHN_MD5:
         raise ValueError(f"SVHN has no split {split!r} here (only {', '.join(SVHN_MD5)})")
-    override = override or {}
-    name = paths.SVHN_FILE.format(split=split)
-    base = override.get("url") or SVHN_URL
-    local = override.get("local")
-    return {"url": base.rstrip("/") + "/" + name, "md5": SVHN_MD5[split],
-            "local": str(Path(local) / name) if local else None}
+    return _file_source(paths.SVHN_FILE.format(split=split), SVHN_URL, {"md5": SVHN_MD5[split]}, override)
 
 
 # Cora as PyTorch Geometric's Planetoid downloads it: the Planetoid repository's data folder (Yang,
@@ -52,12 +57,7 @@ def cora_source(part: str, override: dict | None = None) -> dict:
     file names are appended to, local: a folder holding the eight files)."""
     if part not in CORA_SHA256:
         raise ValueError(f"Cora has no file part {part!r} here (only {', '.join(CORA_SHA256)})")
-    override = override or {}
-    name = paths.CORA_FILE.format(part=part)
-    base = override.get("url") or CORA_URL
-    local = override.get("local")
-    return {"url": base.rstrip("/") + "/" + name, "sha256": CORA_SHA256[part],
-            "local": str(Path(local) / name) if local else None}
+    return _file_source(paths.CORA_FILE.format(part=part), CORA_URL, {"sha256": CORA_SHA256[part]}, override)
 
 
 # ImageWoof-10, fastai's full-size imagewoof2 (the loader decodes it once). The only published check
