@@ -95,3 +95,27 @@ def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONG_MODULES)}
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (rank.get(item.module.__name__, len(rank)), order[id(item)]))
+
+
+def run_regression_cli(tmp_path: Path, overrides: list) -> list:
+    """A short regression run through ``python -m llqr.train``'s entry point (its data under
+    tmp_path/data): checks the summary is ok on test_loss (lower is better) and that the loss fell;
+    returns the metrics events."""
+    import json
+
+    import numpy as np
+
+    from llqr.workflow.train_cli import main
+
+    args = [*overrides, "max_steps=40", "test_eval_freq=20", "logging_freq=1", "preempt_handling=false",
+            "--results-dir", str(tmp_path / "results"), "--checkpoints-dir", str(tmp_path / "ckpt"),
+            "--data-root", str(tmp_path / "data")]
+    assert main(args) == 0
+    (summary_path,) = (tmp_path / "results").rglob("summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert (summary["status"], summary["metric"], summary["mode"]) == ("ok", "test_loss", "min")
+    events = [json.loads(line) for line in summary_path.with_name("metrics.jsonl").read_text().splitlines()]
+    train = [e["train_loss"] for e in events if e["event"] == "train"]
+    tests = [e["test_loss"] for e in events if e["event"] in ("eval", "final_eval")]
+    assert np.mean(train[-5:]) < np.mean(train[:5]) and tests[-1] < tests[0]  # one batch's loss is noisy
+    return events

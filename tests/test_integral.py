@@ -221,20 +221,7 @@ def test_presets_and_refusals():
 @pytest.mark.parametrize("preset, sizes", [("deeponet-integral-hlr", ["operator_width=32", "operator_depth=3"]),
                                            ("tfonet-integral-hlr", ["operator_width=16", "operator_depth=1"])])
 def test_tiny_preset_run_through_the_cli(tmp_path, preset, sizes):
-    import json
-
-    from llqr.workflow.train_cli import main
+    from conftest import run_regression_cli
 
     integral.prepare(paths.integral_file(paths.folder(tmp_path / "data", "integral")), samples=640)
-    args = ["preset=" + preset, *sizes, "batch_size=32", "max_steps=40", "test_eval_freq=20", "logging_freq=1",
-            "preempt_handling=false",
-            "--results-dir", str(tmp_path / "results"), "--checkpoints-dir", str(tmp_path / "ckpt"),
-            "--data-root", str(tmp_path / "data")]
-    assert main(args) == 0
-    (summary_path,) = (tmp_path / "results").rglob("summary.json")
-    summary = json.loads(summary_path.read_text())
-    assert (summary["status"], summary["metric"], summary["mode"]) == ("ok", "test_loss", "min")
-    events = [json.loads(line) for line in summary_path.with_name("metrics.jsonl").read_text().splitlines()]
-    train = [e["train_loss"] for e in events if e["event"] == "train"]
-    tests = [e["test_loss"] for e in events if e["event"] in ("eval", "final_eval")]
-    assert np.mean(train[-5:]) < np.mean(train[:5]) and tests[-1] < tests[0]
+    run_regression_cli(tmp_path, ["preset=" + preset, *sizes, "batch_size=32"])

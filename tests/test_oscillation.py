@@ -3,7 +3,6 @@ regression losses, the LSTM seq2seq's size, the config's refusals and a tiny run
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -133,19 +132,8 @@ def test_regression_config_refusals():
 
 @pytest.mark.slow  # ~15 s of CPU: compiling the LSTM scans
 def test_tiny_preset_run_through_the_cli(tmp_path):
-    from llqr.workflow.train_cli import main
+    from conftest import run_regression_cli
 
-    args = ["preset=lstm-osc-hlr", "lstm_hidden=8", "lstm_layers=1", "osc_history=10", "osc_horizon=10",
-            "max_steps=40", "test_eval_freq=20", "logging_freq=1", "preempt_handling=false",
-            "--results-dir", str(tmp_path / "results"), "--checkpoints-dir", str(tmp_path / "ckpt"),
-            "--data-root", str(tmp_path / "data")]
-    assert main(args) == 0
-    (summary_path,) = (tmp_path / "results").rglob("summary.json")
-    summary = json.loads(summary_path.read_text())
-    assert (summary["status"], summary["metric"], summary["mode"]) == ("ok", "test_loss", "min")
-    events = [json.loads(line) for line in summary_path.with_name("metrics.jsonl").read_text().splitlines()]
-    train = [e["train_loss"] for e in events if e["event"] == "train"]
-    tests = [e["test_loss"] for e in events if e["event"] in ("eval", "final_eval")]
+    events = run_regression_cli(tmp_path, ["preset=lstm-osc-hlr", "lstm_hidden=8", "lstm_layers=1", "osc_history=10",
+                                           "osc_horizon=10"])
     assert not any("accuracy" in key for e in events for key in e)
-    assert np.mean(train[-5:]) < np.mean(train[:5]) and tests[-1] < tests[0]  # one batch's loss is noisy
-    assert summary["final"]["value"] == tests[-1] and summary["best"]["value"] == min(tests)
