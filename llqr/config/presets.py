@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from .fields import FIELDS, RunConfig
+from .keyspec import field_default
 from .schedule_families import SCHEDULE_KEYS
 from .validate import (
     ConfigError,
@@ -105,12 +106,31 @@ def apply_overrides(base: dict, overrides: dict) -> dict:
 
 def build_config(values: dict) -> RunConfig:
     """Coerce and validate every value; fill defaults; check cross-key rules."""
-    coerced = {}
-    for key, value in values.items():
-        coerced[key] = coerce_value(key, value)
-    cfg = RunConfig(**coerced)
-    check_combinations(cfg.to_dict())
-    return cfg
+    return RunConfig(**resolve_values(values))
+
+
+def resolve_values(values: dict) -> dict:
+    """``build_config(values).to_dict()`` without the dataclass, in field order: the workflow's matrix
+    resolves thousands of positions on every Snakemake start."""
+    coerced = {key: _coerce(key, value) for key, value in values.items()}
+    out = {name: coerced[name] if name in coerced else field_default(f) for name, f in FIELDS.items()}
+    check_combinations(out)
+    return out
+
+
+_SCALARS = (str, int, float, bool, type(None))
+_COERCED: dict = {}  # (key, type, value) -> coerced scalar: positions repeat the same few values
+
+
+def _coerce(key: str, value):
+    """``coerce_value``, remembered for scalars (a pure function of key and value; lists and
+    schedules are converted afresh so that no two configs share a mutable value)."""
+    if not isinstance(value, _SCALARS):
+        return coerce_value(key, value)
+    memo = (key, type(value), value)
+    if memo not in _COERCED:
+        _COERCED[memo] = coerce_value(key, value)  # a refusal raises and is not remembered
+    return _COERCED[memo]
 
 
 def resolve(preset: str | None, overrides: dict | None = None, directory: Path | None = None) -> RunConfig:

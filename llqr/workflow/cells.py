@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from ..config import FIELDS, SCHEDULE_FAMILIES
+from ..config.errors import ConfigError
 from ..config.fields import BOOKKEEPING_KEYS, INERT_KEYS, TABLES, omitted_at_default
 from ..config.hashing import canonical_json, config_hash
 from ..config.keyspec import PARAMS_OWNERS
-from ..config.presets import apply_overrides, build_config, load_preset
+from ..config.presets import apply_overrides, load_preset, resolve_values
+from ..config.validate import check_combinations
 from .job_checks import check_job
 
 # Short names used in cell ids (others appear in full).
@@ -69,15 +71,33 @@ class Cell:
 _OWNED_KEYS = tuple(k for owner in PARAMS_OWNERS for k in TABLES.owned[owner])
 
 
+# The keys that read_when conditions name (model, dataset, optimizer, noise, ...).
+_CONDITION_KEYS = tuple(sorted({k for alts in TABLES.read_when.values() for alt in alts for k in alt}))
+_UNREAD: dict = {}  # the condition keys' values -> the keys with a read_when that such a config does not meet
+
+
 def _met(alternatives: tuple, config: dict) -> bool:
     """Whether ``config`` meets a field's read_when (fields.is_read, for the keys with one)."""
     return any(all(config.get(k) in cond for k, cond in alt.items()) for alt in alternatives)
 
 
+def _unmet(config: dict) -> frozenset:
+    """The keys whose read_when ``config`` does not meet; decided by the condition keys alone, so
+    remembered per their values (the matrix asks once per position)."""
+    signature = tuple(_hashable(config.get(k)) for k in _CONDITION_KEYS)
+    if signature not in _UNREAD:
+        _UNREAD[signature] = frozenset(key for key, alts in TABLES.read_when.items() if not _met(alts, config))
+    return _UNREAD[signature]
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _unread(config: dict) -> dict:
     """The keys of ``config`` that its model, dataset, optimizer or noise mode never reads."""
-    return {key: config[key] for key in _OWNED_KEYS
-            if key in config and not _met(TABLES.read_when[key], config)}
+    unmet = _unmet(config)
+    return {key: config[key] for key in _OWNED_KEYS if key in config and key in unmet}
 
 
 def rule_params(config: dict) -> dict:
@@ -141,7 +161,7 @@ def normalise(config: dict, base: dict) -> dict:
             out[key] = base[key]
     # the conditions name only keys never reset here (model, dataset, optimizer, noise,
     # use_preconditioner, sam_mode, precond_identity_scaling), so one pass over the config suffices
-    unread = [key for key, alts in TABLES.read_when.items() if key in out and not _met(alts, out)]
+    unread = [key for key in _unmet(out) if key in out]
     for key in unread:  # e.g. singd_structure in an AdamW cell
         out[key] = base[key] if key in base else out[key]
     return out
@@ -174,7 +194,7 @@ def _diff_segment(config: dict, base: dict) -> str:
 def preset_base(preset: str | None, presets_dir=None) -> tuple[dict, dict]:
     """(the preset's raw values, its fully resolved config): what cell ids are diffs against."""
     values = load_preset(preset, presets_dir) if preset else {}
-    return values, build_config({**values, "preset": preset or ""}).to_dict()
+    return values, resolve_values({**values, "preset": preset or ""})
 
 
 # --- a surface position as a cell's config --------------------------------------------------
@@ -204,8 +224,22 @@ def resolve_position(base_values: dict, base: dict, overrides: dict, seed: int, 
     """(a position's normalised run config for one seed, its bookkeeping settings); ConfigError if
     it is invalid."""
     merged = apply_overrides(base_values, {**overrides, "init_key": seed, "preset": preset})
-    full = build_config(merged).to_dict()
+    full = resolve_values(merged)
     config = normalise(full, base)
-    build_config(config)
+    check_combinations(config)  # normalise only puts back the preset's (already coerced) values
     check_job(config)  # what the job gets: refuse now what it would refuse there
     return config, {key: full[key] for key in BOOKKEEPING_KEYS}
+
+
+def resolve_cached(cache: dict, base_values: dict, base: dict, overrides: dict, seed: int, preset: str) -> tuple:
+    """``resolve_position``, once per (preset, overrides, seed) across surfaces: the study surfaces that
+    read the same runs (budget, curves, slcd) would otherwise build and check each config three times."""
+    key = ("position", preset, canonical_json(overrides), int(seed))
+    if key not in cache:
+        try:
+            cache[key] = resolve_position(base_values, base, overrides, seed, preset)
+        except ConfigError as exc:
+            cache[key] = exc
+    if isinstance(cache[key], ConfigError):
+        raise cache[key]
+    return cache[key]

@@ -23,7 +23,7 @@ from .cells import (  # noqa: F401 (BOOKKEEPING_KEYS and normalise: importable f
     normalise,
     position_overrides,
     preset_base,
-    resolve_position,
+    resolve_cached,
 )
 from .resources import check_resource_presets
 from .schedule_spec import parse_schedules
@@ -114,20 +114,6 @@ class Matrix:
         """The surfaces a group target builds (``studies``: every study's group)."""
         groups = TARGET_GROUPS.get(name, (name,))
         return [s for s, surf in self.surfaces.items() if surf.group in groups]
-
-
-def _resolved(cache: dict, base_values: dict, base: dict, overrides: dict, seed: int, preset: str) -> tuple:
-    """``resolve_position``, once per (preset, overrides, seed) across surfaces: the study surfaces that
-    read the same runs (budget, curves, slcd) would otherwise build and check each config three times."""
-    key = ("position", preset, canonical_json(overrides), int(seed))
-    if key not in cache:
-        try:
-            cache[key] = resolve_position(base_values, base, overrides, seed, preset)
-        except ConfigError as exc:
-            cache[key] = exc
-    if isinstance(cache[key], ConfigError):
-        raise cache[key]
-    return cache[key]
 
 
 def _check_sweep(surface: Surface, axes: dict) -> None:
@@ -240,10 +226,10 @@ def expand_surface(name: str, spec: dict, cells: dict, presets_dir=None, _cache=
             where = ", ".join(f"{a}={lab}" for a, lab in labels.items())
             study = None
             if tune is not None:
-                study = study_for(name, tune, axes, combo, rules, preset, base_values, base, studies, where)
+                study = study_for(name, tune, axes, combo, rules, preset, base_values, base, studies, where, _cache)
             for seed in seeds:
                 try:
-                    config, settings = _resolved(_cache, base_values, base, overrides, seed, preset)
+                    config, settings = resolve_cached(_cache, base_values, base, overrides, seed, preset)
                     if study and seed == seeds[0]:  # best params must fit every budget (seeds do not matter)
                         check_corners(config, study.space)
                 except ConfigError as exc:

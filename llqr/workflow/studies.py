@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from ..config.errors import ConfigError
 from ..config.hashing import canonical_json
-from ..config.presets import apply_overrides, build_config
+from ..config.presets import apply_overrides, resolve_values
 from ..tune.space import SAMPLERS, check_space, corners
-from .cells import position_overrides, resolve_position, rule_applies, rule_params, study_id
+from .cells import position_overrides, resolve_cached, rule_applies, rule_params, study_id
 from .job_checks import check_job
 from .surface_spec import METRICS, check_conditions, surface_error
 
@@ -87,13 +87,13 @@ def check_corners(config: dict, space: dict) -> None:
     assignments = [low, *rest] + [{**low, name: choice} for name, dist in space.items()
                                   for choice in dist.get("choices", [])[1:-1]]
     for assignment in assignments:
-        check_job(build_config(apply_overrides(config, assignment)))
+        check_job(resolve_values(apply_overrides(config, assignment)))
     if len(_CORNERS_OK) > 100_000:
         _CORNERS_OK.clear()
     _CORNERS_OK.add(key)
 
 
-def study_for(name, tune, axes, combo, rules, preset, base_values, base, studies, where):
+def study_for(name, tune, axes, combo, rules, preset, base_values, base, studies, where, cache):
     """The study that tunes this position: its config at the tuning budget (the budget axis's first
     variant) and seed (the surface's first); None when no space entry applies to the position."""
     axis_names = list(axes)
@@ -109,7 +109,7 @@ def study_for(name, tune, axes, combo, rules, preset, base_values, base, studies
     tuning_labels = {a: lab for a, (lab, _) in zip(axis_names, at_budget)}
     try:
         overrides = position_overrides(at_budget, rules, tuning_labels, preset)
-        config, _settings = resolve_position(base_values, base, overrides, tune["tuning_seed"], preset)
+        config, _settings = resolve_cached(cache, base_values, base, overrides, tune["tuning_seed"], preset)
         check_corners(config, space)
     except ConfigError as exc:
         raise surface_error(name, f"tuning study for preset {preset} [{where}]: {exc}") from None
