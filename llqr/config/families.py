@@ -25,8 +25,8 @@ MODELS = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramid
           "simple_cnn", "simple_vit", "resnet34", "resnet50_cifar",
           # the LLQR code's other public presets (vit-ti16-cifar100-adamw, grokking)
           "vit_ti16", "grok_transformer",
-          # the SINGD study's vision models (llqr/models/convmixer.py, cct.py): ours
-          "convmixer", "cct",
+          # the SINGD study's vision models (llqr/models/convmixer.py, cct.py, swin.py, gcvit.py): ours
+          "convmixer", "cct", "swin", "gcvit",
           # the SINGD study's two-layer GCN (Cora) and its ImageNet-100 ViT (llqr/models/gcn.py, vit.py): ours
           "gcn", "singd_vit",
           # the HyperbolicLR study's oscillation forecaster (llqr/models/lstm_seq2seq.py): ours

@@ -25,7 +25,7 @@ def layer_of(name: str):
         from .transformer import controlled_layer
 
         return controlled_layer
-    if name in ("convmixer", "cct"):
+    if name in ("convmixer", "cct", "swin", "gcvit"):
         return module_layer
     return None
 
@@ -145,6 +145,16 @@ def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
         from .cct import CCT
 
         return CCT(num_classes=num_classes)
+    if name == "swin":
+        from .swin import Swin
+
+        # patch and windows follow the image size (llqr/models/swin.py: 32x32 and 224x224)
+        return Swin(num_classes=num_classes)
+    if name == "gcvit":
+        from .gcvit import GCViT
+
+        # stem stride and windows follow the image size (llqr/models/gcvit.py: 32x32 and 224x224)
+        return GCViT(num_classes=num_classes)
     if name == "gcn":
         from .gcn import GCN
 
