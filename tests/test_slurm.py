@@ -129,8 +129,13 @@ def _running_job(name_part: str, timeout: float = 120.0) -> str:
     raise AssertionError(f"no running SLURM job for {name_part} within {timeout} s")
 
 
+# The long cell: 330 steps (batch 64, ~8 s on one core), checkpoints every 25; the test signals it as soon as
+# its first checkpoint exists, so it is mid-run with hundreds of steps to go.
+LONG = "epochs=15"
+
+
 def test_preempted_slurm_job_checkpoints_is_resubmitted_and_resumes_to_the_uninterrupted_result(tmp_path):
-    long = {"optimizer": "sgd", "total_epochs": 40, "checkpoint_freq": 25, "test_eval_freq": 100, "report_freq": 25}
+    long = {"optimizer": "sgd", "total_epochs": 15, "checkpoint_freq": 25, "test_eval_freq": 100, "report_freq": 25}
     config = _config(tmp_path, "preempt", [{"label": "short", "set": {"optimizer": "sgd", "max_steps": 20}},
                                            {"label": "long", "set": long}])
     on_slurm, local = tmp_path / "slurm", tmp_path / "local"
@@ -139,11 +144,11 @@ def test_preempted_slurm_job_checkpoints_is_resubmitted_and_resumes_to_the_unint
     run_snakemake(["--cores", "2", "--configfile", str(config)], local)  # the uninterrupted reference
     cells = {p.parent.relative_to(local / "results" / "cells").as_posix()
              for p in (local / "results" / "cells").rglob("summary.json")}
-    long_cell = next(c for c in cells if "epochs=40" in c)
+    long_cell = next(c for c in cells if LONG in c)
     short_cell = next(c for c in cells if "max_steps=20" in c)
 
     proc = slurm_snakemake(["--configfile", str(config), "--cores", "2"], on_slurm)
-    job = _running_job("epochs=40")
+    job = _running_job(LONG)
     orbax = on_slurm / "checkpoints" / long_cell
     deadline = time.time() + 120
     while not list(orbax.glob("*/orbax/*")) and time.time() < deadline:  # a checkpoint exists: mid-run
@@ -154,12 +159,12 @@ def test_preempted_slurm_job_checkpoints_is_resubmitted_and_resumes_to_the_unint
     out = _finish(proc, "the preempted SLURM run")
 
     jobs = _jobs(on_slurm)
-    long_jobs = next(files for name, files in jobs.items() if "epochs=40" in name)
+    long_jobs = next(files for name, files in jobs.items() if LONG in name)
     assert len(long_jobs) == 2, jobs  # the preempted job and its resubmission
     first_log = (on_slurm / ".snakemake" / "slurm_logs" / "rule_train" /
-                 next(n for n in jobs if "epochs=40" in n) / long_jobs[0]).read_text()
+                 next(n for n in jobs if LONG in n) / long_jobs[0]).read_text()
     second_log = (on_slurm / ".snakemake" / "slurm_logs" / "rule_train" /
-                  next(n for n in jobs if "epochs=40" in n) / long_jobs[1]).read_text()
+                  next(n for n in jobs if LONG in n) / long_jobs[1]).read_text()
     assert "preempted at step" in first_log and "checkpoint saved" in first_log
     assert "resuming from checkpoint at step" in second_log
     assert _outcome(on_slurm, long_cell) == _outcome(local, long_cell)
