@@ -83,12 +83,14 @@ def digits_root(tmp_path_factory):
     return root
 
 
-# Modules that take longest (measured by .ci/run on 2 cores), scheduled first: pytest-xdist's
-# --dist loadscope hands modules to the workers in collection order, so starting the long ones
-# first keeps both workers busy to the end instead of leaving one running a long module alone.
-LONG_MODULES = ("test_slurm", "test_bad_configs", "test_workflow", "test_optimizer_studies", "test_workflow_tuning",
-                "test_llqr_routes", "test_workflow_cifar", "test_golden", "test_translation", "test_llqr",
-                "test_iwslt_prep", "test_workflow_rerun", "test_fixable", "test_train")
+# Modules that take longest (summed test durations of a full run on 2 cores), longest first: with
+# --dist loadscope --no-loadscope-reorder (pyproject.toml) pytest-xdist hands modules to the workers
+# in collection order, so starting the long ones first keeps both workers busy to the end instead of
+# leaving one running a long module alone (xdist's own reorder sorts by test count, not duration).
+LONG_MODULES = ("test_slurm", "test_llqr", "test_optimizer_studies", "test_workflow", "test_golden",
+                "test_workflow_tuning", "test_translation", "test_bad_configs", "test_llqr_routes", "test_singd",
+                "test_study_models", "test_workflow_rerun", "test_beam", "test_singd_models", "test_noisy_gd_chunks",
+                "test_iwslt_prep", "test_train", "test_workflow_cifar", "test_rerun", "test_llqr_clip")
 
 
 def pytest_collection_modifyitems(session, config, items):
