@@ -53,7 +53,8 @@ def test_the_derived_tables_are_the_historical_ones():
                                            "noise_stats_full_grad_examples": 4096, "noise_stats_every": None,
                                            "log_step_accuracy": False, "kfac_precision": "run",
                                            "operator_width": None, "operator_depth": None, "loss": "cross_entropy",
-                                           "measure_kfac_agreement": False}
+                                           "measure_kfac_agreement": False, "test_fraction": 1.0,
+                                           "eval_label_smoothing": False}
     assert fields.TRANSFORMER_KEYS == {"embed_dim", "ffn_dim", "attention_heads", "encoder_layers", "decoder_layers"}
     assert fields.TRANSLATION_KEYS == {"max_tokens", "num_buckets", "full_eval_freq", "full_eval_at_end",
                                        "bleu_sampled_freq", "bleu_max_examples", "beam_size"}

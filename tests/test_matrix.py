@@ -22,10 +22,12 @@ PAPER_COUNTS = {
 
 
 # The companion studies (target "studies"). SINGD: 11 optimizers x 2 precisions per model and dataset
-# (memory/speed reuse seed 42's CIFAR-100 cells; the GCN fp32 only). SVAG: l in 1..32 per network, the
-# linear scaling rule at B = 2..2048 on three networks each (lsr_noise reads lsr's cells), SGD vs noisy GD.
+# (the GCN fp32 only), each position tuned; memory/speed share seed 42's untuned CIFAR-100 positions.
+# SVAG: l in 1..32 per network, the linear scaling rule at B = 2..2048 on three networks each (lsr_noise
+# reads lsr's cells), SGD vs noisy GD.
 SVAG_L, LSR_B = 6, 11
 HLR_MODELS = ("cnn", "resnet18", "resnet34", "resnet50", "vit")  # CIFAR-10
+HLR_CIFAR100 = ("cnn", "resnet18")
 HLR_TASKS = ("osc_lstm", "integral_deeponet", "integral_tfonet")  # oscillation, integral-operator learning
 HLR_CELLS = {"compare": 28 * 5, "budget": 2 * 13 * 4 * 5, "curves": 2 * 13 * 4 * 5, "slcd": 2 * 13 * 4 * 5}
 SINGD_OPT = 11  # SGD, AdamW, KFAC, IKFAC, INGD, SINGD x 6 structures
@@ -40,6 +42,7 @@ STUDY_COUNTS = {"singd_cifar100": 3 * SINGD_OPT * 2 * 3, "singd_imagewoof": 2 * 
                 # HyperbolicLR, per CIFAR-10 model: Compare 28 runs x 5 seeds; Optimize-Compare 2 optimizers x
                 # 13 schedules x 4 budgets x 5 seeds (budget, curves and slcd read the same runs); LR-free 3 x 4 x 5
                 **{f"hlr_cifar10_{m}_{kind}": HLR_CELLS[kind] for m in HLR_MODELS for kind in HLR_CELLS},
+                **{f"hlr_cifar100_{m}_{kind}": HLR_CELLS[kind] for m in HLR_CIFAR100 for kind in HLR_CELLS},
                 **{f"hlr_{t}_{kind}": HLR_CELLS[kind] for t in HLR_TASKS for kind in HLR_CELLS},
                 "hlr_schedules": 0, "hlr_bars": len(HLR_MODELS) * HLR_CELLS["budget"],
                 "lr_free": len(HLR_MODELS) * 3 * 4 * 5}
@@ -62,12 +65,12 @@ def test_study_cell_counts_and_shared_cells(paper):
     counts = {name: len(paper.surfaces[name].cell_ids) for name in paper.group("studies")}
     assert counts == STUDY_COUNTS
     studies = {c for n in STUDY_COUNTS for c in paper.surfaces[n].cell_ids}
-    # memory/speed read the singd cells; budget, curves and slcd share their runs; lr_free's AdamW + H cells
+    # memory and speed share untuned cells; budget, curves and slcd share their runs; lr_free's AdamW + H cells
     # are the budget surface's (same config, same tuning study) and its untuned D-Adapt at 50 epochs the
     # Compare surface's
-    runs = len(HLR_MODELS) + len(HLR_TASKS)  # hlr_bars reads the CIFAR-10 budget runs
+    runs = len(HLR_MODELS) + len(HLR_CIFAR100) + len(HLR_TASKS)  # hlr_bars reads the CIFAR-10 budget runs
     hlr = runs * (HLR_CELLS["compare"] + HLR_CELLS["budget"]) + len(HLR_MODELS) * (3 * 4 * 5 - 4 * 5 - 5)
-    singd = 3 * SINGD_OPT * 2 * 3 + 2 * SINGD_OPT * 2 + SINGD_OPT * 3 + SINGD_OPT * 2 + 3 * 2
+    singd = 3 * SINGD_OPT * 2 * 3 + 2 * SINGD_OPT * 2 + SINGD_OPT * 3 + SINGD_OPT * 2 + 3 * SINGD_OPT * 2 + 3 * 2
     assert len(studies) == singd + SVAG_UNIQUE + hlr
     for m in HLR_MODELS:
         budget = set(paper.surfaces[f"hlr_cifar10_{m}_budget"].cell_ids)

@@ -73,6 +73,10 @@ class CoreFields:
                                 doc="Ours: train on a fixed random subset of this fraction of the train split "
                                     "(seeded by data_seed; the HyperbolicLR study's SimpleCNN uses 10% of CIFAR-10); "
                                     "in-memory datasets only (digits, mnist, cifar10, cifar100, svhn).")
+    test_fraction: float = opt(1.0, "float", gt=0, maximum=1.0, params_at_default=False,
+                               doc="Ours: evaluate on a fixed random subset of this fraction of the test split "
+                                   "(seeded by data_seed; the HyperbolicLR study's subset_ratio cuts the test split "
+                                   "as the train split: 10% for its SimpleCNN); in-memory datasets only.")
     crop_mode: str = opt("batch", "str", choices=CROP_MODES, read_when={"dataset": ("cifar10", "cifar100")},
                          doc="CIFAR random crop: one offset per batch (the reference) or per image.")
     augment: bool = opt(True, "bool", read_when=_CIFAR, params_at_default=False,
@@ -188,7 +192,11 @@ class CoreFields:
                         "test_loss (its summary metric, lower is better) and logs no accuracy.")
     label_smoothing: float = opt(0.0, "float", minimum=0.0, maximum=1.0,
                                  doc="Label smoothing of the training loss (also in the LLQR fit's gradient); "
-                                     "evaluation losses are unsmoothed.")
+                                     "evaluation losses are unsmoothed unless eval_label_smoothing.")
+    eval_label_smoothing: bool = opt(False, "bool", params_at_default=False,
+                                     doc="Ours: the test loss is the cross-entropy against the label_smoothing "
+                                         "targets too (the HyperbolicLR study evaluates with its training "
+                                         "criterion); false = the unsmoothed NLL. Accuracy is unaffected.")
     # SINGD / IKFAC / KFAC (ours; defaults from the SINGD paper): momentum is the key above
     singd_structure: str = opt("dense", "str", choices=SINGD_STRUCTURES, read_when={"optimizer": ("singd",)},
                                doc="Structure of SINGD's factors K, C.")

@@ -243,9 +243,10 @@ def check_combinations(cfg: dict) -> None:
     check_noise_study(cfg)
     check_graph(cfg)
     check_regression(cfg)
-    if cfg.get("train_fraction", 1.0) < 1.0 and cfg["dataset"] not in IN_MEMORY_DATASETS:
-        raise ConfigError(f"train_fraction={cfg['train_fraction']} subsets in-memory datasets only "
-                          f"({', '.join(IN_MEMORY_DATASETS)}), not {cfg['dataset']}")
+    for key in ("train_fraction", "test_fraction"):
+        if cfg.get(key, 1.0) < 1.0 and cfg["dataset"] not in IN_MEMORY_DATASETS:
+            raise ConfigError(f"{key}={cfg[key]} subsets in-memory datasets only "
+                              f"({', '.join(IN_MEMORY_DATASETS)}), not {cfg['dataset']}")
     sam = cfg["sam_mode"]
     if cfg["noise"] != "minibatch":
         if cfg["optimizer"] not in ("sgd", "polyak") or cfg["use_preconditioner"] or sam is not None:

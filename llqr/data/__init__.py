@@ -24,8 +24,17 @@ def load_dataset(cfg, data_root: str | Path = "data", prepare_missing: bool = Fa
     ``prepare_missing`` lets a stand-alone run create the shipped demo data on first use."""
     data = _load_full(cfg, data_root, prepare_missing)
     if cfg.train_fraction < 1.0:
-        return train_subset(data, cfg.train_fraction, cfg.data_seed)
+        data = train_subset(data, cfg.train_fraction, cfg.data_seed)
+    if cfg.test_fraction < 1.0:
+        data = eval_subset(data, cfg.test_fraction, cfg.data_seed)
     return data
+
+
+def _subset_rows(size: int, fraction: float, seed: int, salt: int):
+    import numpy as np
+
+    keep = max(1, int(round(fraction * size)))
+    return np.sort(np.random.default_rng([seed, salt]).permutation(size)[:keep])
 
 
 def train_subset(data, fraction: float, seed: int):
@@ -33,11 +42,17 @@ def train_subset(data, fraction: float, seed: int):
     stream's own shuffling is the only order); the test split is untouched."""
     import dataclasses
 
-    import numpy as np
-
-    keep = max(1, int(round(fraction * data.train_size)))
-    rows = np.sort(np.random.default_rng([seed, 0x5AB5E7]).permutation(data.train_size)[:keep])
+    rows = _subset_rows(data.train_size, fraction, seed, 0x5AB5E7)
     return dataclasses.replace(data, x_train=data.x_train[rows], y_train=data.y_train[rows])
+
+
+def eval_subset(data, fraction: float, seed: int):
+    """The same dataset with a fixed random ``fraction`` of its test examples (in their order), drawn
+    apart from the training subset; the HyperbolicLR study's draw is unseeded, ours is fixed."""
+    import dataclasses
+
+    rows = _subset_rows(data.test_size, fraction, seed, 0x7E57)
+    return dataclasses.replace(data, x_test=data.x_test[rows], y_test=data.y_test[rows])
 
 
 def _load_full(cfg, data_root, prepare_missing):

@@ -38,10 +38,16 @@ def accuracy_percent(log_probs, labels, ignore_index: int | None = None):
     return 100.0 * _masked_mean(hits, _valid(labels, ignore_index))
 
 
-def eval_sums(log_probs, labels, ignore_index: int | None = None):
-    """(summed NLL, correct predictions, counted positions): unsmoothed, for exact means over a split."""
+def eval_sums(log_probs, labels, ignore_index: int | None = None, label_smoothing: float = 0.0):
+    """(summed NLL, correct predictions, counted positions), for exact means over a split; the NLL is
+    against the smoothed targets of ``smoothed_cross_entropy`` when ``label_smoothing`` > 0."""
     mask = _valid(labels, ignore_index)
-    nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        num_classes = log_probs.shape[-1]
+        target = jax.nn.one_hot(labels, num_classes) * (1.0 - label_smoothing) + label_smoothing / num_classes
+        nll = -jnp.sum(target * log_probs, axis=-1)
+    else:
+        nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
     hits = (jnp.argmax(log_probs, axis=-1) == labels).astype(jnp.float32)
     return jnp.sum(nll * mask), jnp.sum(hits * mask), jnp.sum(mask)
 

@@ -15,7 +15,8 @@ def periodic(step: int, every: int, total_steps: int) -> bool:
 
 
 class ClassificationEval:
-    """Test accuracy (%) and unsmoothed test loss of the inference model, every test_eval_freq."""
+    """Test accuracy (%) and test loss (unsmoothed unless eval_label_smoothing) of the inference model,
+    every test_eval_freq."""
 
     metric, label, keeps_best, mode = "test_accuracy", "test_acc", False, "max"
 

@@ -42,6 +42,7 @@ class Forward(NamedTuple):
     low: Any  # jnp.bfloat16 under precision=bf16, else None
     hits: bool = False  # log_step_accuracy: the loss also returns (correct, counted) of its forward pass
     loss_name: str = "cross_entropy"  # or a regression loss on float targets (mse, huber): cfg.loss
+    eval_smoothing: float = 0.0  # label smoothing of the test loss (cfg.eval_label_smoothing)
 
     @property
     def regression(self) -> bool:
@@ -239,7 +240,7 @@ def eval_sums(fwd: Forward, params, batch_stats, x, y):
     out = fwd.apply(params, batch_stats, x, train=False)
     if fwd.regression:
         return regression_sums(fwd.loss_name, out, y)
-    return loss_sums(out, y, fwd.pad)
+    return loss_sums(out, y, fwd.pad, fwd.eval_smoothing)
 
 
 def train_accuracy(fwd: Forward, params, batch_stats, x, y):
@@ -266,7 +267,7 @@ class Steps(NamedTuple):
 
 def make_steps(model, tx, main_tx, cfg, pad: int | None = None) -> Steps:
     fwd = Forward(model, cfg.label_smoothing, pad, jnp.bfloat16 if cfg.precision == "bf16" else None,
-                  cfg.log_step_accuracy, cfg.loss)
+                  cfg.log_step_accuracy, cfg.loss, cfg.label_smoothing if cfg.eval_label_smoothing else 0.0)
     rule = UpdateRule(tx, main_tx, cfg)
     bind = functools.partial
     return Steps(
