@@ -16,9 +16,9 @@ from llqr.workflow.matrix import expand
 SPACE = {"learning_rate": {"low": 1e-4, "high": 1e-1, "log": True}, "lr_scheduler.upper_bound": {"choices": [25, 30]}}
 
 
-def _spec(trials=4, sampler=None):
+def _spec(trials=4, sampler=None, **overrides):
     config = build_config({**load_preset("digits-mlp-budget"), "preset": "digits-mlp-budget", "total_epochs": 5,
-                           "lr_scheduler": {"name": "hyperbolic", "upper_bound": 25}}).to_dict()
+                           "lr_scheduler": {"name": "hyperbolic", "upper_bound": 25}, **overrides}).to_dict()
     return {"id": "digits-mlp-budget/test", "preset": "digits-mlp-budget", "config": config,
             "space": check_space(SPACE, "test"), "trials": trials, "seed": 42, "metric": "test_loss", "mode": "min",
             **({"sampler": sampler} if sampler else {})}
@@ -29,10 +29,11 @@ class FakeTrainer:
     written where the loop writes it. ``die_at`` raises mid-trial, as a killed job would stop."""
 
     def __init__(self, die_at=None):
-        self.calls, self.die_at = [], die_at
+        self.calls, self.configs, self.die_at = [], [], die_at
 
     def __call__(self, cfg, *, cell_id, results_dir, checkpoints_dir, data_root):
         self.calls.append(cfg.learning_rate)
+        self.configs.append(cfg)
         if self.die_at is not None and len(self.calls) == self.die_at:
             raise KeyboardInterrupt("killed")
         if cfg.learning_rate > 0.09:
@@ -54,12 +55,12 @@ def test_study_writes_best_json_with_every_trial(tmp_path):
     assert (tmp_path / "optuna.db").is_file()
 
 
-@pytest.mark.parametrize("sampler", [None, "random"])
-def test_killed_study_resumes_with_its_finished_trials_and_matches_an_uninterrupted_one(tmp_path, sampler):
-    whole = run_study(_spec(sampler=sampler), tmp_path / "a", checkpoints_dir=tmp_path / "ck", data_root=tmp_path,
+def _kill_and_resume(tmp_path, spec) -> tuple[dict, dict, FakeTrainer]:
+    """(uninterrupted study, the same study killed in its third trial and resumed, the resuming trainer)."""
+    whole = run_study(spec, tmp_path / "a", checkpoints_dir=tmp_path / "ck", data_root=tmp_path,
                       out=lambda s: None, train=FakeTrainer())
     with pytest.raises(KeyboardInterrupt):  # killed during the third trial: two finished
-        run_study(_spec(sampler=sampler), tmp_path / "b", checkpoints_dir=tmp_path / "ck", data_root=tmp_path,
+        run_study(spec, tmp_path / "b", checkpoints_dir=tmp_path / "ck", data_root=tmp_path,
                   out=lambda s: None, train=FakeTrainer(die_at=3))
     import optuna
 
@@ -67,13 +68,29 @@ def test_killed_study_resumes_with_its_finished_trials_and_matches_an_uninterrup
     states = [t.state.name for t in study.get_trials()]
     assert states.count("COMPLETE") + states.count("FAIL") == 2 and states.count("RUNNING") == 1
     log, resumed_trainer = [], FakeTrainer()
-    resumed = run_study(_spec(sampler=sampler), tmp_path / "b", checkpoints_dir=tmp_path / "ck", data_root=tmp_path,
+    resumed = run_study(spec, tmp_path / "b", checkpoints_dir=tmp_path / "ck", data_root=tmp_path,
                         out=log.append, train=resumed_trainer)
     assert len(resumed_trainer.calls) == 2  # only the interrupted trial and the missing one run
     assert any("interrupted" in line for line in log)
     assert resumed["params"] == whole["params"] and resumed["value"] == whole["value"]
     assert [t["params"] for t in resumed["trials"]] == [t["params"] for t in whole["trials"]]
+    return whole, resumed, resumed_trainer
+
+
+@pytest.mark.parametrize("sampler", [None, "random"])
+def test_killed_study_resumes_with_its_finished_trials_and_matches_an_uninterrupted_one(tmp_path, sampler):
+    _, resumed, _ = _kill_and_resume(tmp_path, _spec(sampler=sampler))
     assert resumed.get("sampler") == sampler  # recorded only when not the default tpe
+
+
+@pytest.mark.slow  # 4.4 s: three Optuna SQLite studies
+def test_a_killed_adam_study_resumes_like_an_adamw_one(tmp_path):
+    """The HyperbolicLR study's Adam positions (optimizer adam, no weight decay: its budget axis) resume
+    as its AdamW ones; the trials see the Adam config, and the study is not the AdamW one."""
+    adam = _spec(optimizer="adam", weight_decay=0.0)
+    assert spec_hash(adam) != spec_hash(_spec())
+    _, _, trainer = _kill_and_resume(tmp_path, adam)
+    assert trainer.configs and all((c.optimizer, c.weight_decay) == ("adam", 0.0) for c in trainer.configs)
 
 
 def test_the_sampler_is_part_of_a_study_only_when_it_is_not_tpe():
