@@ -1,5 +1,10 @@
 """Tuning studies: a surface's ``tune`` block checked, and the Optuna study that tunes each of its
-positions (the config at the tuning budget and seed, and the search space that applies there)."""
+positions (the config at the tuning budget and seed, and the search space that applies there).
+
+With ``budget_axis`` one study serves every budget of a position (tuned at the axis's first
+variant, the HyperbolicLR study's protocol); without it each position is tuned at its own
+settings (the SINGD study's random search), so the study's config is the position's at the
+surface's first seed."""
 
 from __future__ import annotations
 
@@ -41,8 +46,8 @@ class Study:
 
 
 def parse_tune(name: str, tune, axes: dict, presets: list, seeds: list) -> dict | None:
-    """The surface's ``tune`` block, checked: which axis is the budget, trials, sampler and its seed, objective,
-    space."""
+    """The surface's ``tune`` block, checked: which axis is the budget (None: none, each position is tuned at its
+    own settings), trials, sampler and its seed, objective, space."""
     if not tune:
         return None
     if not isinstance(tune, dict):
@@ -51,8 +56,8 @@ def parse_tune(name: str, tune, axes: dict, presets: list, seeds: list) -> dict 
     if set(tune) - known:
         raise surface_error(name, f"unknown keys in 'tune': {sorted(set(tune) - known)} (allowed: {sorted(known)})")
     axis = tune.get("budget_axis")
-    if axis not in axes:
-        raise surface_error(name, f"tune.budget_axis must name an axis (got {axis!r}; "
+    if axis is not None and (not isinstance(axis, str) or axis not in axes):
+        raise surface_error(name, f"tune.budget_axis must name an axis or be left out (got {axis!r}; "
                                   f"axes: {', '.join(axes) or 'none'})")
     trials = tune.get("trials")
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
@@ -66,7 +71,7 @@ def parse_tune(name: str, tune, axes: dict, presets: list, seeds: list) -> dict 
     rules = tune.get("rules") or []
     check_conditions(name, rules, axes, presets)
     for rule in rules:
-        if axis in (rule.get("when") or {}):
+        if axis is not None and axis in (rule.get("when") or {}):
             raise surface_error(name, f"tune rules cannot depend on the budget axis '{axis}': one study serves "
                                       f"every budget")
     return {"budget_axis": axis, "trials": trials, "seed": int(tune.get("seed", 42)), "metric": metric,
@@ -95,7 +100,8 @@ def check_corners(config: dict, space: dict) -> None:
 
 def study_for(name, tune, axes, combo, rules, preset, base_values, base, studies, where, cache):
     """The study that tunes this position: its config at the tuning budget (the budget axis's first
-    variant) and seed (the surface's first); None when no space entry applies to the position."""
+    variant; without a budget axis, the position's own) and seed (the surface's first); None when no
+    space entry applies to the position."""
     axis_names = list(axes)
     labels = {a: lab for a, (lab, _) in zip(axis_names, combo)}
     space = dict(tune["space"])
@@ -105,7 +111,8 @@ def study_for(name, tune, axes, combo, rules, preset, base_values, base, studies
     if not space:
         return None
     at_budget = list(combo)
-    at_budget[axis_names.index(tune["budget_axis"])] = axes[tune["budget_axis"]][0]
+    if tune["budget_axis"] is not None:
+        at_budget[axis_names.index(tune["budget_axis"])] = axes[tune["budget_axis"]][0]
     tuning_labels = {a: lab for a, (lab, _) in zip(axis_names, at_budget)}
     try:
         overrides = position_overrides(at_budget, rules, tuning_labels, preset)

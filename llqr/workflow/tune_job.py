@@ -19,7 +19,8 @@ def tune_from_workflow(spec_json: str, best_path, *, checkpoints_dir, data_root,
 
             enable_compilation_cache(Path(checkpoints_dir) / ".jax_cache")
 
-            out(f"[{spec['id']}] tuning {', '.join(spec['space'])}: {spec['trials']} TPE trials "
+            sampler = spec.get("sampler", "tpe")
+            out(f"[{spec['id']}] tuning {', '.join(spec['space'])}: {spec['trials']} {sampler} trials "
                 f"(seed {spec['seed']}), objective {spec['metric']} ({spec['mode']}) (argv: {' '.join(sys.argv)})")
             run_study(spec, Path(best_path).parent, checkpoints_dir=Path(checkpoints_dir) / "tuning" / spec["id"],
                       data_root=data_root, out=out)
