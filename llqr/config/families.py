@@ -27,6 +27,8 @@ MODELS = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramid
           "vit_ti16", "grok_transformer",
           # the SINGD study's vision models (llqr/models/convmixer.py, cct.py, swin.py, gcvit.py): ours
           "convmixer", "cct", "swin", "gcvit",
+          # the SINGD study's RepViT-M0.9 and DHVT-T ("HDVT") (llqr/models/repvit.py, hdvt.py): ours
+          "repvit", "hdvt",
           # the SINGD study's two-layer GCN (Cora) and its ImageNet-100 ViT (llqr/models/gcn.py, vit.py): ours
           "gcn", "singd_vit",
           # the HyperbolicLR study's oscillation forecaster (llqr/models/lstm_seq2seq.py): ours
@@ -37,7 +39,7 @@ MODELS = ("mlp", "resnet18", "resnet50", "vgg16bn", "wide_resnet28x10", "pyramid
 # always, or with norm=bn for the models whose ``norm`` key picks the normalisation (ours).
 BATCHNORM_MODELS = ("resnet18", "resnet34", "resnet50", "resnet50_cifar", "vgg16bn", "wide_resnet28x10",
                     "pyramidnet110", "resnet32",
-                    "convmixer")
+                    "convmixer", "repvit", "hdvt")
 NORM_KEY_MODELS = ("preresnet32", "vgg16", "vgg19", "svag_preresnet32", "svag_vgg16", "svag_vgg19")
 
 # --- datasets (llqr.data.load_dataset; prepared files: llqr.data.paths) ----------------------------

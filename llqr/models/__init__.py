@@ -25,7 +25,7 @@ def layer_of(name: str):
         from .transformer import controlled_layer
 
         return controlled_layer
-    if name in ("convmixer", "cct", "swin", "gcvit"):
+    if name in ("convmixer", "cct", "swin", "gcvit", "repvit", "hdvt"):
         return module_layer
     return None
 
@@ -155,6 +155,16 @@ def build_model(cfg, num_classes: int = 10, vocab: tuple[int, int] = (8, 8)):
 
         # stem stride and windows follow the image size (llqr/models/gcvit.py: 32x32 and 224x224)
         return GCViT(num_classes=num_classes)
+    if name == "repvit":
+        from .repvit import RepViT
+
+        # the stem's stride follows the image size (llqr/models/repvit.py: 32x32 and 224x224)
+        return RepViT(num_classes=num_classes)
+    if name == "hdvt":
+        from .hdvt import DHVT
+
+        # the patch follows the image size (llqr/models/hdvt.py: 4 at 32x32, 16 at 224x224)
+        return DHVT(num_classes=num_classes)
     if name == "gcn":
         from .gcn import GCN
 
