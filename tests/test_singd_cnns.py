@@ -126,7 +126,7 @@ def _check_capture(cap, grads, grouped=()):
             continue
         layer = _leaf(grads, path[:-1])
         kernel = np.asarray(layer["kernel"])
-        gw = np.asarray(a.T @ g)
+        gw = np.asarray(a).T @ np.asarray(g)
         kernel = kernel.reshape(-1, kernel.shape[-1])
         np.testing.assert_allclose(gw[:kernel.shape[0]], kernel, rtol=1e-4, atol=1e-6, err_msg=str(path))
         if "bias" in layer:
@@ -205,19 +205,35 @@ CASES = {
 }
 
 
+# XLA's CPU compile dominates these tests; its optimisation passes buy nothing here (about half the time)
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _random_variables(model, x):
+    """The model's variables at random values (parameters N(0, 0.5²), BatchNorm statistics in
+    [0.5, 1.5)), from shapes alone: no initialiser's RNG to compile."""
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    rng = np.random.default_rng(0)
+
+    def fill(path, s):
+        stats = path[0].key == "batch_stats"
+        return jnp.asarray(rng.uniform(0.5, 1.5, s.shape) if stats else 0.5 * rng.normal(size=s.shape), s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_capture_reproduces_the_gradient_of_each_new_layer_type(case):
     layer, takes_train, shape, layers = CASES[case]
     x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32)
     y = jnp.asarray([0, 1, 2])
     model = _Wrap(layer, takes_train)
+    variables = _random_variables(model, x)
 
-    @jax.jit
-    def run(key):
-        variables = model.init(key, x)
-        _, cap = capture(model.apply, variables, x, y, _xent)
-        return cap, jax.grad(lambda p: _xent(model.apply({**variables, "params": p}, x), y))(variables["params"])
+    def run(v):
+        _, cap = capture(model.apply, v, x, y, _xent)
+        return cap, jax.grad(lambda p: _xent(model.apply({**v, "params": p}, x), y))(v["params"])
 
-    cap, grads = run(jax.random.PRNGKey(0))
+    cap, grads = jax.jit(run).lower(variables).compile(FAST_COMPILE)(variables)
     assert {"/".join(k[:-1]) for k in cap} == layers
     _check_capture(cap, grads, grouped={"layer/conv2"})
