@@ -288,3 +288,56 @@ def test_capture_reproduces_the_kernel_gradient(case):
             np.testing.assert_allclose(gw[-1], layer_grads["bias"], rtol=1e-4, atol=1e-6)
         else:
             assert gw.shape[0] == kernel.shape[0]
+
+
+# --- the shifted window block against a token-by-token definition ---------------------------------
+
+
+def _layer_norm(x, p):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+
+
+def _gelu(x):
+    from math import erf
+
+    return 0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2)))
+
+
+def _dense(x, p):
+    return x @ p["kernel"] + p.get("bias", 0.0)
+
+
+def test_shifted_window_block_is_the_token_by_token_definition():
+    """Token t at (i, j) sits at (i - s, j - s) mod H of the rolled map; it attends to the tokens of
+    its window there, with the table's bias of their offset and MASKED between the rolled map's
+    regions ([0, H-w), [H-w, H-s), [H-s, H) per axis), then the residual MLP: the reference's block."""
+    h, w, s, heads, c = 4, 2, 1, 2, 4
+    block = SwinBlock(heads=heads, window=w, shift=s)
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(1, h, h, c)), jnp.float32)
+    params = _random_params(block, x)
+    out = np.asarray(_fast_jit(lambda p: block.apply({"params": p}, x), params)(params))[0]
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+    table = p["rel_pos"]["relative_position_bias_table"]
+    xs = np.asarray(x, np.float64)[0].reshape(h * h, c)
+    qkv = _dense(_layer_norm(xs, p["norm1"]), p["attn"]["qkv"]).reshape(h * h, 3, heads, c // heads)
+    rolled = [((t // h - s) % h, (t % h - s) % h) for t in range(h * h)]
+
+    def region(v):
+        return 0 if v < h - w else (1 if v < h - s else 2)
+
+    attn = np.zeros((h * h, heads, c // heads))
+    for t, (yi, xi) in enumerate(rolled):
+        keys = [u for u, (yu, xu) in enumerate(rolled) if (yu // w, xu // w) == (yi // w, xi // w)]
+        for k in range(heads):
+            logits = []
+            for u in keys:
+                yu, xu = rolled[u]
+                bias = table[(yi - yu + w - 1) * (2 * w - 1) + (xi - xu + w - 1), k]
+                apart = (region(yi), region(xi)) != (region(yu), region(xu))
+                logits.append(qkv[t, 0, k] @ qkv[u, 1, k] / np.sqrt(c // heads) + bias + (MASKED if apart else 0.0))
+            weights = np.exp(np.array(logits) - max(logits))
+            attn[t, k] = (weights / weights.sum()) @ qkv[keys, 2, k]
+    y = xs + _dense(attn.reshape(h * h, c), p["attn"]["proj"])
+    y = y + _dense(_gelu(_dense(_layer_norm(y, p["norm2"]), p["fc1"])), p["fc2"])
+    np.testing.assert_allclose(out.reshape(h * h, c), y, rtol=1e-4, atol=1e-4)
