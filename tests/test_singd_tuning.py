@@ -90,7 +90,8 @@ def test_the_singd_study_tunes_its_test_error_surfaces_per_optimizer_by_random_s
     for name, surface in m.surfaces.items():
         studies = {m.cells[e.cell_id].study for e in surface.entries}
         assert (None not in studies) if name in tuned else (studies == {None}), name
-    assert len(m.studies) == 3 * 22 + 2 * 22 + 11 + 22  # every (model, optimizer, precision) position
+    positions = sum(len(m.surfaces[n].entries) // len(m.surfaces[n].seeds) for n in tuned)
+    assert len(m.studies) == positions == 3 * 22 + 2 * 22 + 11 + 22  # one per (model, optimizer, precision)
     by_optimizer: dict = {}
     for study in m.studies.values():
         assert study.sampler == "random" and study.metric == "test_error"
@@ -133,3 +134,17 @@ def test_the_singd_demos_run_their_random_search_and_render(tmp_path):
         assert (tmp_path / "results" / "surfaces" / name / "figure.png").stat().st_size > 0
     rows = (tmp_path / "results" / "surfaces" / "demo_singd_kfac_ikfac" / "table.csv").read_text()
     assert "fp32" in rows and "bf16" in rows
+
+
+@pytest.mark.slow
+@pytest.mark.workflow
+def test_snakemake_refuses_a_bad_tune_block_before_any_job(tmp_path):
+    bad = {"surfaces": {"bad_tune": {**_config({**TUNE, "budget_axis": "budget"})["surfaces"]["t"],
+                                     "group": "demo_extra"}}}
+    extra = tmp_path / "bad.yaml"
+    extra.write_text(json.dumps(bad))
+    proc = run_snakemake(["-n", "--cores", "1", "demo_extra", "--configfile", str(extra)], tmp_path,
+                         env=slurm_free_env(tmp_path), check=False, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "surface 'bad_tune': tune.budget_axis must name an axis" in out
+    assert "rule train" not in out and "rule tune" not in out
