@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from llqr.config import ConfigError, resolve
+from llqr.config.runnable import SMALL_IMAGE_SIDES, check_runnable
 from llqr.models.gcvit import GCViT, GCViTBlock, gcvit_layout
 from llqr.models.swin import (
     MASKED,
@@ -352,3 +354,21 @@ def test_shifted_window_block_is_the_token_by_token_definition():
     y = xs + _dense(attn.reshape(h * h, c), p["attn"]["proj"])
     y = y + _dense(_gelu(_dense(_layer_norm(y, p["norm2"]), p["fc1"])), p["fc2"])
     np.testing.assert_allclose(out.reshape(h * h, c), y, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dataset", sorted(SMALL_IMAGE_SIDES))
+def test_the_config_refuses_exactly_the_small_images_the_window_layouts_cannot_take(dataset):
+    """llqr.config.runnable's divisors (JAX-free, checked before a job is queued) against the layouts."""
+    side = SMALL_IMAGE_SIDES[dataset]
+    for model, layout in (("swin", lambda s: swin_layout(s, 3)), ("gcvit", gcvit_layout)):
+        try:
+            layout(side)
+            fits = True
+        except ValueError:
+            fits = False
+        try:
+            check_runnable(resolve("digits-mlp-smoke", {"model": model, "dataset": dataset}))
+            accepted = True
+        except ConfigError:
+            accepted = False
+        assert accepted == fits, (model, dataset)

@@ -13,6 +13,10 @@ from .keyspec import field_default
 # Models that pool a 32x32 image down to nothing before their head: not for digits (8x8) or mnist (28x28).
 LARGE_IMAGE_MODELS = ("vgg16bn", "vgg16", "vgg19", "wide_resnet28x10", "pyramidnet110", "svag_vgg16", "svag_vgg19")
 SMALL_IMAGE_DATASETS = {"digits": "8x8", "mnist": "28x28"}
+# Window-attention models whose layout divides the image side by (patch or stem) x 2^(downsamplings),
+# for sides below 64 (llqr/models/swin.py swin_layout, gcvit.py gcvit_layout; a test keeps the two in step).
+SIDE_DIVISORS = {"swin": 8, "gcvit": 16}
+SMALL_IMAGE_SIDES = {"digits": 8, "mnist": 28}
 # Flattened input size and classes of the image datasets (the loaders' (H, W, C) and labels).
 _INPUT_SIZE = {"digits": 8 * 8, "mnist": 28 * 28, "cifar10": 32 * 32 * 3, "cifar100": 32 * 32 * 3,
                "svhn": 32 * 32 * 3, "imagenet": 224 * 224 * 3}
@@ -120,6 +124,10 @@ def _check_model(cfg: dict) -> None:
         raise ConfigError(f"model={model} needs images of at least 32x32 (cifar10, cifar100, svhn, "
                           f"imagenet); "
                           f"dataset={dataset} has {SMALL_IMAGE_DATASETS[dataset]} images")
+    side, divisor = SMALL_IMAGE_SIDES.get(dataset), SIDE_DIVISORS.get(model)
+    if side is not None and divisor is not None and side % divisor:
+        raise ConfigError(f"model={model} needs an image side divisible by {divisor} (its patches and "
+                          f"downsamplings); dataset={dataset} has {side}x{side} images")
     if model == "vgg16bn" and cfg["dropout_rate"]:
         raise ConfigError(f"dropout_rate={cfg['dropout_rate']}: vgg16bn's two dropouts are fixed at the "
                           f"reference's 0.5; leave dropout_rate at 0")
