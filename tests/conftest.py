@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+import xla_test_flags
+
+xla_test_flags.apply()  # before any test imports JAX; Snakemake jobs inherit it
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 

@@ -27,8 +27,8 @@ def test_short_cifar_cell_runs_through_snakemake(tmp_path):
         "metric": "test_accuracy",
         "presets": ["resnet18-cifar10"],
         "seeds": [7],
-        "axes": {"run": [{"label": "smoke", "set": {"model": "simple_cnn", "use_preconditioner": False, "max_steps": 2, "batch_size": 8,
-                                                     "eval_batch_size": 16}}]},
+        "axes": {"run": [{"label": "smoke", "set": {"model": "simple_cnn", "use_preconditioner": False, "max_steps": 2,
+                                                     "batch_size": 8, "eval_batch_size": 16}}]},
         "table": {"rows": ["preset"], "columns": ["run"]},
     }
     config = write_yaml(tmp_path / "cifar.yaml", {

@@ -15,6 +15,9 @@ from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # tests/ (fixtures, golden), not this folder
 
+import xla_test_flags  # noqa: E402
+
+xla_test_flags.apply()  # record what the test suite computes
 from golden.golden import EXPECTED, golden_cells, machine, prepare_data, run_cell  # noqa: E402
 
 
