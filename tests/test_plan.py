@@ -29,7 +29,7 @@ def test_every_surface_of_the_targets_is_priced(paper_plan):
     # only the schedule-only surfaces have no cells to price
     assert {s["surface"] for s in result["surfaces"] if not s["cells"]} == {
         n for n in wanted if config["surfaces"][n].get("kind") == "schedules"} == {"hlr_schedules"}
-    assert result["total"]["unpriced"] == 0 and len(result["studies"]) == 408
+    assert result["total"]["unpriced"] == 0 and len(result["studies"]) == 584
 
 
 def test_totals_are_the_sums_of_the_rows(paper_plan):
@@ -72,7 +72,7 @@ def test_the_cli_previews_the_paper_matrix_without_any_data(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "llqr_sam_imagenet (paper):" in proc.stdout and "hlr_cifar10_vit_slcd (hlr_study):" in proc.stdout
-    assert "TOTAL paper, studies: 7571 cells + 408 tuning studies" in proc.stdout
+    assert "TOTAL paper, studies: 8019 cells + 584 tuning studies" in proc.stdout
     assert "resnet50-imagenet/llqr=off/seed42" in proc.stdout
     data = json.loads((tmp_path / "plan.json").read_text())
     assert math.isfinite(data["total"]["gpu_hours"]) and not (tmp_path / "data").exists()

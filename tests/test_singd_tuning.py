@@ -91,7 +91,7 @@ def test_the_singd_study_tunes_its_test_error_surfaces_per_optimizer_by_random_s
         studies = {m.cells[e.cell_id].study for e in surface.entries}
         assert (None not in studies) if name in tuned else (studies == {None}), name
     positions = sum(len(m.surfaces[n].entries) // len(m.surfaces[n].seeds) for n in tuned)
-    assert len(m.studies) == positions == 3 * 22 + 2 * 22 + 11 + 22  # one per (model, optimizer, precision)
+    assert len(m.studies) == positions == 7 * 22 + 6 * 22 + 11 + 22  # one per (model, optimizer, precision)
     by_optimizer: dict = {}
     for study in m.studies.values():
         assert study.sampler == "random" and study.metric == "test_error"
