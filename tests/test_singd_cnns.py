@@ -15,21 +15,9 @@ from llqr.models.hdvt import DAFF, DHVT, HIAttention
 from llqr.models.repvit import RepViT, SqueezeExcite
 from llqr.optim.capture import capture
 from llqr.optim.structures import num_params
-
-
-def _xent(logp, y):
-    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
-
+from reference_counts import conv as _conv, linear as _linear, xent as _xent
 
 # --- parameter counts: the references' torch layer lists, counted by hand ----------------------------
-
-
-def _linear(i, o, bias=True):
-    return i * o + (o if bias else 0)
-
-
-def _conv(cin, cout, k, groups=1, bias=True):
-    return cout * (cin // groups) * k * k + (cout if bias else 0)
 
 
 def _divisible(v, divisor=8, round_limit=0.9):

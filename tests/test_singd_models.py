@@ -15,21 +15,9 @@ from llqr.models.cct import CCT
 from llqr.models.convmixer import ConvMixer
 from llqr.optim.capture import capture, conv_patches, group_mean
 from llqr.optim.structures import num_params
-
-
-def _xent(logp, y):
-    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
-
+from reference_counts import conv as _conv, linear as _linear, xent as _xent
 
 # --- parameter counts: the references' torch layer lists, counted by hand ----------------------------
-
-
-def _linear(i, o, bias=True):
-    return i * o + (o if bias else 0)
-
-
-def _conv(cin, cout, k, groups=1, bias=True):
-    return cout * (cin // groups) * k * k + (cout if bias else 0)
 
 
 def convmixer_reference_count(classes, dim=256, depth=12, kernel=5, patch=2):

@@ -27,11 +27,7 @@ from llqr.models.swin import (
 )
 from llqr.optim.capture import capture
 from llqr.optim.structures import num_params
-
-
-def _xent(logp, y):
-    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
-
+from reference_counts import conv as _conv, layernorm as _ln, linear as _linear, xent as _xent
 
 # XLA's lowest backend level without the CPU fusion emitters (as tests/test_llqr_routes.py): these
 # programs then compile in about a tenth of the default time on CPU, and each runs once
@@ -52,18 +48,6 @@ def _random_params(model, x, scale=0.3):
 
 
 # --- parameter counts: the references' torch layer lists, counted by hand ----------------------------
-
-
-def _linear(i, o, bias=True):
-    return i * o + (o if bias else 0)
-
-
-def _conv(cin, cout, k, groups=1, bias=True):
-    return cout * (cin // groups) * k * k + (cout if bias else 0)
-
-
-def _ln(c):
-    return 2 * c
 
 
 def swin_reference_count(classes, image, patch, window, dim=96, depths=(2, 6, 4), heads=(3, 6, 12), mlp_ratio=2):
