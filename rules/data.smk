@@ -59,6 +59,20 @@ rule prepare_integral:
         "../workflow_scripts/prepare_integral.py"
 
 
+# The SINGD demo's Cora-like graph, generated (no download, a fixed seed): a stochastic block model of
+# 294 nodes in 7 classes (llqr/data/synth_graph.py) written as the eight Planetoid files Cora's loader reads.
+rule prepare_synth_graph:
+    output:
+        [str(data_paths.synth_graph_file(data_folder("synth_graph"), part)) for part in data_paths.CORA_PARTS],
+    log:
+        "logs/data/prepare_synth_graph.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow_scripts/prepare_synth_graph.py"
+
+
 rule fetch_raw:
     output:
         str(data_paths.raw_file(data_folder("{dataset}"), "{file}")),

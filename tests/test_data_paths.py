@@ -17,7 +17,8 @@ RULES = {"digits": ["prepare_digits"], "mod_sum": ["prepare_modular"], "integral
          "oscillation": ["prepare_oscillation"],
          "mnist": ["fetch_raw"],
          "cifar10": ["fetch_raw"], "cifar100": ["fetch_raw"], "svhn": ["fetch_svhn"] * 2, "imagenet": ["pack_imagenet"],
-         "imagenet100": ["pack_imagenet100"], "cora": ["fetch_cora"] * 8, "imagewoof": ["decode_imagewoof"],
+         "imagenet100": ["pack_imagenet100"], "cora": ["fetch_cora"] * 8,
+         "synth_graph": ["prepare_synth_graph"] * 8, "imagewoof": ["decode_imagewoof"],
          **{corpus: ["iwslt_pack", "iwslt_cache"] for corpus in TRANSLATION_DATASETS}}
 
 

@@ -50,7 +50,8 @@ MODULAR_DATASETS = ("mod_sum",)
 IN_MEMORY_DATASETS = ("digits", "mnist", "cifar10", "cifar100", "svhn")
 # the SINGD study's: Cora (one graph, full-graph training; llqr/data/cora.py) and ImageNet-100 (the
 # user's ImageNet packed with its 100-class subset, llqr/data/imagenet100.py): ours
-GRAPH_DATASETS = ("cora",)
+# synth_graph: ours, a generated Cora-like stochastic-block-model graph for the demo (llqr/data/synth_graph.py)
+GRAPH_DATASETS = ("cora", "synth_graph")
 PACKED_IMAGENET_DATASETS = ("imagenet", "imagenet100")
 # the SINGD study's ImageWoof-10, decoded once from fastai's archive into uint8 arrays (llqr/data/imagewoof.py)
 DECODED_IMAGE_DATASETS = ("imagewoof",)

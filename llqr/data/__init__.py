@@ -103,6 +103,12 @@ def _load_full(cfg, data_root, prepare_missing):
         from . import cora
 
         return cora.load(directory)
+    if cfg.dataset == "synth_graph":
+        from . import synth_graph
+
+        if prepare_missing and not paths.synth_graph_file(directory, "test.index").exists():
+            synth_graph.prepare(directory)
+        return synth_graph.load(directory)
     if cfg.dataset == "imagewoof":
         from . import imagewoof
 

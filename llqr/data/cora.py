@@ -32,6 +32,8 @@ CLASSES = 7
 VAL_NODES = 500
 IGNORE = -1  # the label of nodes outside the split a batch scores
 _FIX = "delete it and fetch it again (rule fetch_cora)"
+# The rule that writes each Planetoid graph's files (the hint of every error about them).
+_RULES = {"cora": "fetch_cora", "synth_graph": "prepare_synth_graph"}
 # What the pickles may build: numpy arrays, scipy sparse matrices, the graph's dict, Python 2's
 # object reconstruction helpers and the bytes codec of protocol-2 pickles.
 _ALLOWED = {("collections", "defaultdict"), ("builtins", "list"), ("builtins", "dict"), ("builtins", "object"),
@@ -47,46 +49,56 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to build {module}.{name}")
 
 
-def _unpickle(path: Path):
+def _fix(name: str) -> str:
+    return _FIX if name == "cora" else f"delete it and write it again (rule {_RULES.get(name, 'prepare_' + name)})"
+
+
+def _unpickle(path: Path, fix: str = _FIX):
     try:
         with open(path, "rb") as fh:
             return _Unpickler(fh, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
             KeyError, OSError) as exc:
         raise DataError(f"{path} is not a readable Planetoid pickle ({exc}); it is truncated or corrupt: "
-                        f"{_FIX}") from None
+                        f"{fix}") from None
 
 
-def _dense(matrix, path: Path) -> np.ndarray:
+def _dense(matrix, path: Path, fix: str = _FIX) -> np.ndarray:
     out = np.asarray(matrix.todense() if hasattr(matrix, "todense") else matrix, dtype=np.float32)
     if out.ndim != 2:
-        raise DataError(f"{path} holds a {out.ndim}-d array, not a matrix: {_FIX}")
+        raise DataError(f"{path} holds a {out.ndim}-d array, not a matrix: {fix}")
     return out
 
 
-def read_raw(directory) -> dict:
-    """The eight files of ``directory``'s raw folder as arrays: features (N, F) float32, one-hot
-    labels (N, K), graph {node: neighbours}, the test ids, and the number of training nodes."""
-    files = {part: paths.cora_file(directory, part) for part in paths.CORA_PARTS}
+def read_raw(directory, name: str = "cora", val_nodes: int = VAL_NODES) -> dict:
+    """The eight Planetoid files of graph ``name`` in ``directory``'s raw folder as arrays: features
+    (N, F) float32, one-hot labels (N, K), graph {node: neighbours}, the test ids, the number of
+    training nodes and ``val_nodes`` (the format does not record the validation size: Cora's is 500)."""
+    files = {part: paths.planetoid_file(directory, part, name) for part in paths.CORA_PARTS}
+    fix = _fix(name)
     missing = [str(path) for path in files.values() if not path.is_file()]
-    if missing:
+    if missing and name == "cora":
         raise DataError(f"no Cora file {missing[0]} ({len(missing)} of 8 missing): the workflow fetches them "
                         f"(rule fetch_cora); offline, copy the Planetoid files there or set data_sources.cora.local "
                         f"to a folder holding them")
-    raw = {part: _unpickle(files[part]) for part in ("x", "y", "tx", "ty", "allx", "ally", "graph")}
+    if missing:
+        raise DataError(f"no {name} file {missing[0]} ({len(missing)} of 8 missing): the workflow writes them "
+                        f"(rule {_RULES.get(name, 'prepare_' + name)})")
+    raw = {part: _unpickle(files[part], fix) for part in ("x", "y", "tx", "ty", "allx", "ally", "graph")}
     try:
         test = np.array([int(line) for line in files["test.index"].read_text().split()], dtype=np.int64)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{files['test.index']} is not a list of node ids ({exc}): {_FIX}") from None
-    tx = _dense(raw["tx"], files["tx"])
-    feats = np.concatenate([_dense(raw["allx"], files["allx"]), tx])
-    onehot = np.concatenate([_dense(raw["ally"], files["ally"]), _dense(raw["ty"], files["ty"])])
-    graph, n_train = raw["graph"], len(_dense(raw["y"], files["y"]))
+        raise DataError(f"{files['test.index']} is not a list of node ids ({exc}): {fix}") from None
+    tx = _dense(raw["tx"], files["tx"], fix)
+    feats = np.concatenate([_dense(raw["allx"], files["allx"], fix), tx])
+    onehot = np.concatenate([_dense(raw["ally"], files["ally"], fix), _dense(raw["ty"], files["ty"], fix)])
+    graph, n_train = raw["graph"], len(_dense(raw["y"], files["y"], fix))
     if (len(feats) != len(onehot) or not isinstance(graph, dict) or len(test) != len(tx) or len(test) == 0
-            or test.min() < 0 or test.max() >= len(feats) or n_train + VAL_NODES > len(feats) - len(tx)):
+            or test.min() < 0 or test.max() >= len(feats) or n_train + val_nodes > len(feats) - len(tx)):
         raise DataError(f"{Path(directory)}: the Planetoid files do not fit together (features {feats.shape}, "
-                        f"labels {onehot.shape}, {len(test)} test ids); are they all Cora's? {_FIX}")
-    return {"features": feats, "onehot": onehot, "graph": graph, "test": test, "train_nodes": n_train}
+                        f"labels {onehot.shape}, {len(test)} test ids); are they all {name}'s? {fix}")
+    return {"features": feats, "onehot": onehot, "graph": graph, "test": test, "train_nodes": n_train,
+            "val_nodes": val_nodes}
 
 
 def normalized_adjacency(graph: dict, n: int) -> np.ndarray:
@@ -118,7 +130,7 @@ def prepare(raw: dict) -> dict:
     labels = np.argmax(onehot, axis=1).astype(np.int32)
     masks = {split: np.zeros(n, bool) for split in ("train", "val", "test")}
     masks["train"][:raw["train_nodes"]] = True
-    masks["val"][raw["train_nodes"]:raw["train_nodes"] + VAL_NODES] = True
+    masks["val"][raw["train_nodes"]:raw["train_nodes"] + raw.get("val_nodes", VAL_NODES)] = True
     masks["test"][test] = True
     inputs = np.concatenate([normalized_adjacency(raw["graph"], n), row_normalized(feats)], axis=1)
     return {"inputs": inputs.astype(np.float32), "labels": labels, "masks": masks,
@@ -168,7 +180,8 @@ class GraphDataset:
         pass
 
 
-def load(directory) -> GraphDataset:
-    prepared = prepare(read_raw(directory))
-    return GraphDataset(name="cora", path=str(paths.raw_file(directory, "")), inputs=prepared["inputs"],
+def load(directory, name: str = "cora", val_nodes: int = VAL_NODES) -> GraphDataset:
+    """The Planetoid graph ``name`` in ``directory`` (Cora's, or the generated synth_graph's)."""
+    prepared = prepare(read_raw(directory, name, val_nodes))
+    return GraphDataset(name=name, path=str(paths.raw_file(directory, "")), inputs=prepared["inputs"],
                         labels=prepared["labels"], masks=prepared["masks"], num_classes=prepared["num_classes"])

@@ -1,7 +1,7 @@
 """Where each dataset's prepared files lie in its folder: the one definition the workflow's rules
 (rules/data.smk, rules/iwslt.smk, rules/common.smk's train inputs) and the loaders (digits, mnist,
-cifar, svhn, modular, integral, iwslt, imagenet, imagenet100, cora, imagewoof) both use, so a rule's outputs are
-exactly what its loader reads.
+cifar, svhn, modular, integral, iwslt, imagenet, imagenet100, cora, synth_graph, imagewoof) both use,
+so a rule's outputs are exactly what its loader reads.
 
 A dataset's folder is ``<data_dir>/<dataset>`` (``folder``), or the run's ``dataset_dir``. Each
 function takes that folder and returns a ``Path`` (a Snakemake pattern such as
@@ -34,7 +34,8 @@ CACHE_METADATA = "metadata.json"  # written last into the numeric cache: its pre
 IMAGENET_INDEX = "index.json"  # rule index_imagenet
 IMAGENET_SHARDS = "shards"  # rule pack_imagenet: a folder
 IMAGENET_MANIFEST = "manifest.json"  # written last into the shard folder
-# Cora's Planetoid files (rule fetch_cora), read as they are by llqr.data.cora
+# Planetoid files (Cora's: rule fetch_cora; synth_graph's: rule prepare_synth_graph), read by llqr.data.cora
+PLANETOID_FILE = "ind.{name}.{part}"
 CORA_FILE = "ind.cora.{part}"
 CORA_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
 IMAGEWOOF_ARCHIVE = "imagewoof2.tgz"  # rule fetch_imagewoof: fastai's full-size archive
@@ -111,9 +112,19 @@ def imagenet_manifest(directory) -> Path:
     return imagenet_shards(directory) / IMAGENET_MANIFEST
 
 
+def planetoid_file(directory, part: str, name: str = "cora") -> Path:
+    """The Planetoid file ``part`` (one of CORA_PARTS, or the wildcard ``"{part}"``) of graph ``name``."""
+    return raw_file(directory, PLANETOID_FILE.format(name=name, part=part))
+
+
 def cora_file(directory, part: str) -> Path:
     """Cora's Planetoid file ``part`` (one of CORA_PARTS, or the wildcard ``"{part}"``)."""
-    return raw_file(directory, CORA_FILE.format(part=part))
+    return planetoid_file(directory, part, "cora")
+
+
+def synth_graph_file(directory, part: str) -> Path:
+    """The generated demo graph's Planetoid file ``part`` (llqr.data.synth_graph)."""
+    return planetoid_file(directory, part, "synth_graph")
 
 
 def imagewoof_archive(directory) -> Path:
@@ -152,6 +163,8 @@ def prepared_files(dataset: str, directory, modulus: int = 97) -> list[Path]:
         return [imagenet_manifest(directory)]
     if dataset == "cora":
         return [cora_file(directory, part) for part in CORA_PARTS]
+    if dataset == "synth_graph":
+        return [synth_graph_file(directory, part) for part in CORA_PARTS]
     if dataset == "imagewoof":
         return [imagewoof_meta(directory)]
     return []

@@ -16,7 +16,7 @@ import yaml
 # Training-split sizes (examples) of the classification datasets, as our loaders build them.
 TRAIN_SIZES = {"digits": 1438, "mnist": 60000, "cifar10": 50000, "cifar100": 50000, "svhn": 73257,
                "imagenet": 1281167, "imagenet100": 126689, "imagewoof": 9025,
-               "cora": 1,  # cora: one graph, one example
+               "cora": 1, "synth_graph": 1,  # one graph, one example
                "integral": 8000}  # the integral-operator data: 80% of its 10,000 fields (llqr.data.integral)
 # Translation: sentence pairs of the training split and the mean padded length of a pair in BPE
 # tokens (IWSLT14 de-en after cleaning; the synthetic demo corpus), so that batches per epoch

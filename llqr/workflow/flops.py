@@ -14,11 +14,13 @@ traced program (the scan lengths follow the input shape and the model's sizes).
 from __future__ import annotations
 
 # Model input per example, by dataset (the loaders' shapes; ImageNet at the 224 training crop).
-INPUT_SHAPES = {"digits": (8, 8), "mnist": (28, 28), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
+INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
                 "svhn": (32, 32, 3), "imagenet": (224, 224, 3), "mod_sum": (4,), "imagenet100": (224, 224, 3),
                 "cora": (2708, 2708 + 1433), "imagewoof": (224, 224, 3),  # cora: the whole graph, [Â | X] per node
+                "synth_graph": (294, 294 + 140),  # llqr.data.synth_graph's NODES and WORDS
                 "oscillation": (50, 1), "integral": (2, 100)}  # osc_history steps; (sensor values, query points)
-NUM_CLASSES = {"cifar100": 100, "imagenet": 1000, "imagenet100": 100, "cora": 7, "oscillation": 1, "integral": 1}
+NUM_CLASSES = {"cifar100": 100, "imagenet": 1000, "imagenet100": 100, "cora": 7, "synth_graph": 7, "oscillation": 1,
+               "integral": 1}
 # Source and target dictionary sizes for the FLOP count of a translation model.
 VOCABS = {"iwslt14_de_en": (8848, 6632), "synth_de_en": (512, 512)}
 PAIR_LENGTH = 28  # tokens per side of the sample pair; scaled to max_tokens per batch
