@@ -90,7 +90,7 @@ def test_the_config_ties_the_gcn_to_the_graphs():
     assert (vit.model, vit.dataset, vit.lr_scheduler["name"]) == ("simple_vit", "digits", "cosine")
 
 
-DEMOS = {"demo_singd_graph": 5, "demo_singd_vit": 5}  # surface: table rows
+DEMOS = {"demo_singd_graph": 5, "demo_singd_vit": 10}  # surface: table.csv rows (optimizer x precision)
 
 
 @pytest.mark.slow  # 20 training runs (10 GCN, 10 ViT) and the generated graph
@@ -105,4 +105,6 @@ def test_the_singd_graph_and_vit_demos_render(tmp_path):
     run_snakemake(["--cores", "2", "demo_extra", "--configfile", str(config)], work, timeout=1800)
     for name, rows in DEMOS.items():
         table = list(csv.DictReader((work / "results" / "surfaces" / name / "table.csv").open()))
-        assert len(table) == rows and all(r.get("status", "ok") == "ok" for r in table), (name, table)
+        # KFAC's inverses in bf16 may diverge on the ViT (they did at its first step on our machine)
+        trained = [r for r in table if (r["optimizer"], r.get("precision")) != ("kfac", "bf16")]
+        assert len(table) == rows and all(r["status"] == "ok" for r in trained), (name, table)
