@@ -183,3 +183,13 @@ def test_accuracy_budget_fit_is_a_power_law_of_the_error(tmp_path):
     assert {r["fit_on"] for r in rows} == {"100 - test_accuracy"}
     assert float(rows[0]["fit_b"]) == pytest.approx(-0.5) and float(rows[0]["fit_a"]) == pytest.approx(20)
     assert power_law_fit([1, 2, 4], [100 - 20 * n ** -0.5 for n in (1, 2, 4)])["b"] > 0  # raw accuracy: b ≈ 0
+
+
+def test_the_demo_bars_surface_reads_the_demo_budget_runs():
+    """demo_hlr_bars (kind bars) adds no cells: it draws demo_hyperbolic_budget's runs."""
+    from llqr.workflow.matrix import expand, load_workflow_config
+
+    demo = expand(load_workflow_config(REPO / "config/config.yaml"))
+    bars, budget = demo.surfaces["demo_hlr_bars"], demo.surfaces["demo_hyperbolic_budget"]
+    assert bars.kind == "bars" and bars.group == "demo_extra"
+    assert bars.cell_ids == budget.cell_ids and len(bars.cell_ids) == 5 * 4
