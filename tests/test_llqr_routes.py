@@ -30,6 +30,7 @@ import pytest
 
 from llqr.config import build_config
 from llqr.optim import init_blocks, make_llqr_fit
+from xla_test_flags import COMPILER_OPTIONS
 
 
 def _enable_x64():
@@ -71,8 +72,6 @@ DAMPING = 0.1
 LR = {("ngd", BATCH): 0.01, ("ngd", PAPER_BATCH): 0.01, ("newton", BATCH): 0.03, ("newton", PAPER_BATCH): 0.3}
 STRUCTURES = ("diagonal", "e-kfac")
 DIVERGENCES = ("ngd", "newton")
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-                    "xla_cpu_parallel_codegen_split_count": 1}
 
 REFERENCE = {"llqr_operator_mode": "cached_exact", "llqr_batch_update_mode": "full_batch",
              "llqr_second_order_mode": "batched_exact", "llqr_use_fast_paths": True}

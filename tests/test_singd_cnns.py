@@ -16,6 +16,7 @@ from llqr.models.repvit import RepViT, SqueezeExcite
 from llqr.optim.capture import capture
 from llqr.optim.structures import num_params
 from reference_counts import conv as _conv, linear as _linear, xent as _xent
+from xla_test_flags import COMPILER_OPTIONS
 
 # --- parameter counts: the references' torch layer lists, counted by hand ----------------------------
 
@@ -153,7 +154,7 @@ def test_tiny_model_trains_and_its_layers_are_captured(name):
         grads = jax.grad(lambda p: _xent(apply({**v, "params": p}, x), y))(v["params"])
         return apply(v, x), loss, grads, cap
 
-    out, loss, grads, cap = jax.jit(run).lower(variables).compile(FAST_COMPILE)(variables)
+    out, loss, grads, cap = jax.jit(run).lower(variables).compile(compiler_options=COMPILER_OPTIONS)(variables)
     assert out.shape == (2, 3) and np.isfinite(float(loss))
     np.testing.assert_allclose(np.exp(np.asarray(out)).sum(1), 1.0, rtol=1e-5)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
@@ -192,9 +193,6 @@ CASES = {
 }
 
 
-# XLA's CPU compile dominates these tests; its optimisation passes buy nothing here (about half the time)
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
 
 def _random_variables(model, x):
     """The model's variables at random values (parameters N(0, 0.5²), BatchNorm statistics in
@@ -221,6 +219,6 @@ def test_capture_reproduces_the_gradient_of_each_new_layer_type(case):
         _, cap = capture(model.apply, v, x, y, _xent)
         return cap, jax.grad(lambda p: _xent(model.apply({**v, "params": p}, x), y))(v["params"])
 
-    cap, grads = jax.jit(run).lower(variables).compile(FAST_COMPILE)(variables)
+    cap, grads = jax.jit(run).lower(variables).compile(compiler_options=COMPILER_OPTIONS)(variables)
     assert {"/".join(k[:-1]) for k in cap} == layers
     _check_capture(cap, grads, grouped={"layer/conv2"})

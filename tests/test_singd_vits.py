@@ -28,15 +28,12 @@ from llqr.models.swin import (
 from llqr.optim.capture import capture
 from llqr.optim.structures import num_params
 from reference_counts import conv as _conv, layernorm as _ln, linear as _linear, xent as _xent
-
-# XLA's lowest backend level without the CPU fusion emitters (as tests/test_llqr_routes.py): these
-# programs then compile in about a tenth of the default time on CPU, and each runs once
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
-                "xla_cpu_parallel_codegen_split_count": 1}
+from xla_test_flags import COMPILER_OPTIONS
 
 
 def _fast_jit(fn, *args):
-    return jax.jit(fn).lower(*args).compile(compiler_options=FAST_COMPILE)
+    """These programs compile in about a tenth of the default time with the suite's options."""
+    return jax.jit(fn).lower(*args).compile(compiler_options=COMPILER_OPTIONS)
 
 
 def _random_params(model, x, scale=0.3):

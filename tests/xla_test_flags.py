@@ -12,6 +12,10 @@ so the golden recording is made with these flags. A value of XLA_FLAGS in the en
 import os
 
 FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+# The same settings as per-compile options (``.lower(...).compile(compiler_options=...)``), for
+# tests that must compile fast whatever XLA_FLAGS holds; one codegen split, as each program runs once.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+                    "xla_cpu_parallel_codegen_split_count": 1}
 
 
 def apply() -> None:
