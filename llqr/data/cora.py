@@ -49,8 +49,12 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to build {module}.{name}")
 
 
+def _rule(name: str) -> str:
+    return _RULES.get(name, f"prepare_{name}")
+
+
 def _fix(name: str) -> str:
-    return _FIX if name == "cora" else f"delete it and write it again (rule {_RULES.get(name, 'prepare_' + name)})"
+    return _FIX if name == "cora" else f"delete it and write it again (rule {_rule(name)})"
 
 
 def _unpickle(path: Path, fix: str = _FIX):
@@ -83,7 +87,7 @@ def read_raw(directory, name: str = "cora", val_nodes: int = VAL_NODES) -> dict:
                         f"to a folder holding them")
     if missing:
         raise DataError(f"no {name} file {missing[0]} ({len(missing)} of 8 missing): the workflow writes them "
-                        f"(rule {_RULES.get(name, 'prepare_' + name)})")
+                        f"(rule {_rule(name)})")
     raw = {part: _unpickle(files[part], fix) for part in ("x", "y", "tx", "ty", "allx", "ally", "graph")}
     try:
         test = np.array([int(line) for line in files["test.index"].read_text().split()], dtype=np.int64)
