@@ -25,12 +25,17 @@ def smoothed_cross_entropy(log_probs, labels, label_smoothing: float = 0.0, igno
                            weights=None):
     """Mean CE against (1-ls)*onehot + ls/K, as the reference (ls spread over all K classes).
     ``weights`` (one per example) reweight the terms of the mean: noisy gradient descent."""
-    num_classes = log_probs.shape[-1]
-    target = jax.nn.one_hot(labels, num_classes) * (1.0 - label_smoothing) + label_smoothing / num_classes
-    values = -jnp.sum(target * log_probs, axis=-1)
+    values = smoothed_nll(log_probs, labels, label_smoothing)
     if weights is not None:
         values = values * weights
     return _masked_mean(values, _valid(labels, ignore_index))
+
+
+def smoothed_nll(log_probs, labels, label_smoothing: float):
+    """Per-position CE against (1-ls)*onehot + ls/K: the one formula of the training and test losses."""
+    num_classes = log_probs.shape[-1]
+    target = jax.nn.one_hot(labels, num_classes) * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return -jnp.sum(target * log_probs, axis=-1)
 
 
 def accuracy_percent(log_probs, labels, ignore_index: int | None = None):
@@ -43,9 +48,7 @@ def eval_sums(log_probs, labels, ignore_index: int | None = None, label_smoothin
     against the smoothed targets of ``smoothed_cross_entropy`` when ``label_smoothing`` > 0."""
     mask = _valid(labels, ignore_index)
     if label_smoothing:
-        num_classes = log_probs.shape[-1]
-        target = jax.nn.one_hot(labels, num_classes) * (1.0 - label_smoothing) + label_smoothing / num_classes
-        nll = -jnp.sum(target * log_probs, axis=-1)
+        nll = smoothed_nll(log_probs, labels, label_smoothing)
     else:
         nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
     hits = (jnp.argmax(log_probs, axis=-1) == labels).astype(jnp.float32)
